@@ -1,0 +1,7 @@
+"""``python -m lastpool``: the same as the ``lastpool`` command."""
+
+import sys
+
+from lastpool.cli import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""``Classifier``: the public, scikit-learn-style API (fit / predict / predict_proba / evaluate / save / load).
+
+The CLI calls only this. A fitted Classifier holds the model, its tokenizer, the label set and the
+training record; ``save`` writes a self-contained model folder and ``load`` reads one back (or a run
+directory holding ``model/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from accelerate.utils import set_seed
+from transformers import PreTrainedTokenizerBase
+
+from lastpool.config import RunConfig, make_config
+from lastpool.data.batching import EncodedDataset
+from lastpool.data.labels import LabelSet
+from lastpool.data.split import stratified_split
+from lastpool.errors import DataError, ModelLoadError
+from lastpool.evaluation.metrics import classification_metrics
+from lastpool.fileio import staged_dir
+from lastpool.models.classifier_model import (
+    SPEC_FILE,
+    BackboneSpec,
+    ModelSpec,
+    SequenceClassifier,
+    TokenizerSpec,
+    build_model,
+    load_model,
+    save_model,
+)
+from lastpool.models.gpt import GPTConfig
+from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer, train_bpe
+from lastpool.training.inference import predict_logits, softmax
+from lastpool.training.trainer import Trainer, TrainResult
+
+
+def resolve_model_folder(path: str | Path) -> Path:
+    """Accept a model folder (has lastpool.json) or a run directory (has model/lastpool.json)."""
+    p = Path(path)
+    if (p / SPEC_FILE).is_file():
+        return p
+    if (p / "model" / SPEC_FILE).is_file():
+        return p / "model"
+    if not p.exists():
+        raise ModelLoadError(f"{p}: no such model folder or run directory")
+    raise ModelLoadError(f"{p}: not a lastpool model folder or run directory (no {SPEC_FILE} found)")
+
+
+def _check_texts(texts: Sequence[str], what: str) -> list[str]:
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise DataError(f"{what}: item {i + 1} is not a string ({type(text).__name__})")
+        if not text.strip():
+            raise DataError(f"{what}: item {i + 1} is an empty text")
+    return out
+
+
+class Classifier:
+    """A decoder-only text classifier with last-token (or mean/max/first) pooling.
+
+    >>> clf = Classifier(epochs=3).fit(texts, labels)          # doctest: +SKIP
+    >>> clf.predict(["Profit rose 20 %."])                      # doctest: +SKIP
+    """
+
+    def __init__(self, config: RunConfig | None = None, **overrides: Any) -> None:
+        base = config.model_dump() if config is not None else {}
+        self.config: RunConfig = make_config({**base, **overrides}, source="Classifier")
+        self.model: SequenceClassifier | None = None
+        self.spec: ModelSpec | None = None
+        self.encoder: TextEncoder | None = None
+        self.result: TrainResult | None = None
+
+    # ----------------------------------------------------------------- training
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[Any],
+        eval_texts: Sequence[str] | None = None,
+        eval_labels: Sequence[Any] | None = None,
+        quiet: bool = True,
+        data_name: str = "training data",
+        eval_name: str = "validation data",
+    ) -> Classifier:
+        """Train on ``texts``/``labels``; validate on ``eval_*`` or on a stratified split of the data."""
+        cfg = self.config
+        texts = _check_texts(texts, data_name)
+        str_labels = [str(label) for label in labels]
+        if len(str_labels) != len(texts):
+            raise DataError(f"{data_name}: {len(texts)} texts but {len(str_labels)} labels")
+        label_set = LabelSet.from_labels(str_labels, order=cfg.labels)
+        if eval_texts is not None or eval_labels is not None:
+            if eval_texts is None or eval_labels is None:
+                raise DataError("pass both eval_texts and eval_labels, or neither")
+            train_texts, train_y = texts, label_set.encode(str_labels, source=data_name)
+            val_texts = _check_texts(eval_texts, eval_name)
+            val_str = [str(label) for label in eval_labels]
+            if len(val_str) != len(val_texts):
+                raise DataError(f"{eval_name}: {len(val_texts)} texts but {len(val_str)} labels")
+            val_y = label_set.encode(val_str, source=eval_name)
+        else:
+            train_idx, val_idx = stratified_split(str_labels, cfg.val_fraction, cfg.seed)
+            encoded = label_set.encode(str_labels, source=data_name)
+            train_texts = [texts[i] for i in train_idx]
+            train_y = [encoded[i] for i in train_idx]
+            val_texts = [texts[i] for i in val_idx]
+            val_y = [encoded[i] for i in val_idx]
+
+        set_seed(cfg.seed)
+        tok_spec_type: Literal["bpe", "pretrained"]
+        tokenizer: PreTrainedTokenizerBase
+        if cfg.tokenizer == "bpe":
+            tokenizer = train_bpe(train_texts, cfg.vocab_size)
+            tok_spec_type, tok_source = "bpe", None
+        else:
+            tokenizer = load_pretrained_tokenizer(cfg.tokenizer)
+            tok_spec_type, tok_source = "pretrained", cfg.tokenizer
+        encoder = TextEncoder(tokenizer, cfg.max_length)
+        spec = ModelSpec(
+            backbone=BackboneSpec(
+                config=GPTConfig(
+                    vocab_size=encoder.vocab_size,
+                    context_length=cfg.context_length or cfg.max_length,
+                    d_model=cfg.d_model,
+                    n_layers=cfg.n_layers,
+                    n_heads=cfg.n_heads,
+                    d_ff=cfg.d_ff,
+                    dropout=cfg.dropout,
+                )
+            ),
+            pooling=cfg.pooling,
+            head_dropout=cfg.head_dropout,
+            labels=list(label_set.names),
+            max_length=cfg.max_length,
+            padding_side=cfg.padding_side,
+            tokenizer=TokenizerSpec(type=tok_spec_type, source=tok_source, vocab_size=encoder.vocab_size,
+                                    pad_token_id=encoder.pad_token_id),
+        )
+        set_seed(cfg.seed)
+        model = build_model(spec)
+        train_ds = EncodedDataset(encoder.encode(train_texts), train_y)
+        val_ds = EncodedDataset(encoder.encode(val_texts), val_y)
+        trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet)
+        self.result = trainer.fit(model, train_ds, val_ds)
+        model.eval()
+        spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
+                        "val_macro_f1": self.result.val_metrics.get("macro_f1"),
+                        "best_epoch": self.result.best_epoch}
+        self.model, self.spec, self.encoder = model, spec, encoder
+        return self
+
+    # ---------------------------------------------------------------- inference
+    def _require_fitted(self) -> tuple[SequenceClassifier, ModelSpec, TextEncoder]:
+        if self.model is None or self.spec is None or self.encoder is None:
+            raise ModelLoadError("this Classifier is not fitted: call fit() or Classifier.load()")
+        return self.model, self.spec, self.encoder
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._require_fitted()[1].labels)
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        model, spec, encoder = self._require_fitted()
+        ids = encoder.encode(_check_texts(texts, "input"))
+        if not ids:
+            return np.zeros((0, len(spec.labels)), dtype=np.float32)
+        return predict_logits(model, ids, encoder.pad_token_id, spec.padding_side)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities [N, C], columns in ``self.labels`` order."""
+        _, spec, _ = self._require_fitted()
+        return softmax(self.logits(texts), spec.temperature)
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The most probable label name per text."""
+        probabilities = self.predict_proba(texts)
+        return [self.labels[i] for i in probabilities.argmax(axis=-1).tolist()]
+
+    def evaluate(self, texts: Sequence[str], labels: Sequence[Any], source: str = "evaluation data") -> dict[str, Any]:
+        """Accuracy, macro-F1, per-class scores, confusion matrix and log loss on labelled texts."""
+        _, spec, _ = self._require_fitted()
+        label_set = LabelSet(tuple(spec.labels))
+        y_true = label_set.encode([str(label) for label in labels], source=source)
+        probabilities = self.predict_proba(texts)
+        y_pred = probabilities.argmax(axis=-1).tolist()
+        return classification_metrics(y_true, y_pred, spec.labels, probabilities)
+
+    # ------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the model folder atomically (complete or not at all); replaces an older model there."""
+        model, spec, encoder = self._require_fitted()
+        target = Path(path)
+        if target.exists() and any(target.iterdir()) and not (target / SPEC_FILE).is_file():
+            raise ModelLoadError(f"{target} exists and is not a lastpool model folder; refusing to overwrite it")
+        with staged_dir(target, replace=True) as tmp:
+            self.save_to(tmp)
+        return target
+
+    def save_to(self, folder: Path) -> None:
+        """Write into an existing (staging) folder; callers handle atomicity."""
+        model, spec, encoder = self._require_fitted()
+        encoder.save(folder)
+        save_model(model, spec, folder)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Classifier:
+        """Load a model folder or a run directory."""
+        folder = resolve_model_folder(path)
+        model, spec = load_model(folder)
+        encoder = TextEncoder.load(folder, spec.max_length)
+        if encoder.vocab_size > spec.backbone.config.vocab_size:
+            raise ModelLoadError(
+                f"{folder}: tokenizer has {encoder.vocab_size} tokens but the model was built for "
+                f"{spec.backbone.config.vocab_size}"
+            )
+        clf = cls()
+        clf.model, clf.spec, clf.encoder = model, spec, encoder
+        return clf

@@ -1,0 +1,120 @@
+"""The run configuration: one typed, flat set of fields, read from YAML and overridden by CLI flags.
+
+Flat on purpose: every field has exactly one CLI flag of the same name (``max_length`` is
+``--max-length``), so "every field a flag can override" holds by construction. The resolved config is
+saved with each run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lastpool.errors import ConfigError
+from lastpool.models.pooling import PoolingName
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a training run. Defaults are the recommended from-scratch setup."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # data
+    data: str | None = Field(default=None, description="training data file; the built-in demo set if unset")
+    eval_data: str | None = Field(default=None, description="separate validation file (else a stratified split)")
+    text_col: str | None = Field(default=None, description="text column (auto: text, sentence, ...)")
+    label_col: str | None = Field(default=None, description="label column (auto: label, sentiment, ...)")
+    labels: list[str] | None = Field(default=None, description="label order, e.g. negative,neutral,positive")
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="validation share of --data")
+
+    # tokenizer
+    tokenizer: str = Field(default="bpe", description="'bpe' (train on the training texts) or a HF tokenizer")
+    vocab_size: int = Field(default=4096, ge=300, description="BPE vocabulary size")
+    max_length: int = Field(default=64, ge=2, description="truncate texts to this many tokens")
+    padding_side: Literal["right", "left"] = Field(default="right", description="where batches are padded")
+
+    # model
+    model: Literal["scratch"] = Field(default="scratch", description="backbone")
+    d_model: int = Field(default=128, gt=0)
+    n_layers: int = Field(default=2, ge=1)
+    n_heads: int = Field(default=4, ge=1)
+    d_ff: int = Field(default=512, gt=0)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    context_length: int | None = Field(default=None, gt=0, description="position table size (default max_length)")
+    pooling: PoolingName = Field(default="last", description="last, mean, max or first")
+    head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    # optimisation
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    warmup: float = Field(default=0.05, ge=0.0, description="warmup: a fraction of all steps (<1) or steps (>=1)")
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
+    grad_clip: float = Field(default=1.0, ge=0.0, description="max gradient norm (0: off)")
+    grad_accum: int = Field(default=1, ge=1, description="gradient accumulation steps")
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0)
+
+    # output
+    out: str | None = Field(default=None, description="run directory (default runs/<timestamp>)")
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.context_length is not None and self.context_length < self.max_length:
+            raise ValueError(f"context_length ({self.context_length}) is below max_length ({self.max_length})")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels contain duplicates")
+        return self
+
+    def warmup_steps(self, total_steps: int) -> int:
+        return int(self.warmup) if self.warmup >= 1 else int(round(self.warmup * total_steps))
+
+
+def _first_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate ``values`` into a RunConfig; errors become one ConfigError line naming the fields."""
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration: {_first_error(exc)}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict (not yet validated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{p}: a config file must be a mapping of field: value")
+    unknown = sorted(set(values) - set(RunConfig.model_fields))
+    if unknown:
+        raise ConfigError(f"{p}: unknown field(s) {', '.join(unknown)}")
+    return values
+
+
+def resolve_config(config_file: str | None, overrides: dict[str, Any]) -> RunConfig:
+    """Defaults < YAML file < CLI flags (flags given as None are not set and do not override)."""
+    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return make_config(values, source=config_file or "flags")
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,131 @@
+"""Length-bucketed batches with dynamic padding.
+
+Classification texts are short and uneven; padding every batch to the longest text in the data wastes
+most of the compute. Training batches group texts of similar length (chosen within large random
+chunks, so batches stay random) and the batch order is shuffled; inference batches sort by length and
+fill a token budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class EncodedDataset(Dataset[tuple[list[int], int]]):
+    """Token ids (already truncated) and integer labels (-1 when unlabelled)."""
+
+    def __init__(self, ids: Sequence[list[int]], labels: Sequence[int] | None = None) -> None:
+        self.ids = list(ids)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.ids)
+        if len(self.labels) != len(self.ids):
+            raise ValueError("ids and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[list[int], int]:
+        return self.ids[index], self.labels[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.ids]
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Yields index batches of similar length; reseeded per epoch (``set_epoch``) for reproducibility.
+
+    Each epoch: shuffle all indices, cut them into chunks of ``batch_size * bucket_batches``, sort each
+    chunk by length, cut it into batches, then shuffle the order of all batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True,
+                 bucket_batches: int = 50, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.bucket_batches = bucket_batches
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(n)
+        chunk = self.batch_size * self.bucket_batches
+        result: list[list[int]] = []
+        for start in range(0, n, chunk):
+            part = perm[start : start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            result.extend(part[i : i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size))
+        if self.drop_last:
+            result = [b for b in result if len(b) == self.batch_size]
+        rng.shuffle(result)
+        return result
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        if self.drop_last:
+            # Exact only without bucketing leftovers; good enough for schedule lengths.
+            return n // self.batch_size
+        if not self.shuffle:
+            return -(-n // self.batch_size)
+        chunk = self.batch_size * self.bucket_batches
+        full, rest = divmod(n, chunk)
+        return full * self.bucket_batches + -(-rest // self.batch_size)
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Inference batches over length-sorted indices, each padded size (rows x longest) within budget."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order.tolist():
+        length = max(int(lengths[index]), 1)
+        grown = max(longest, length)
+        if current and (grown * (len(current) + 1) > max_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current, grown = [], length
+        current.append(index)
+        longest = grown
+    if current:
+        batches.append(current)
+    return batches
+
+
+class PaddingCollator:
+    """Pads a list of (ids, label) to the longest row; the attention mask marks the real tokens."""
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
+        if padding_side not in ("right", "left"):
+            raise ValueError("padding_side must be 'right' or 'left'")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, rows: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        longest = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for row, (ids, _) in enumerate(rows):
+            n = len(ids)
+            span = slice(0, n) if self.padding_side == "right" else slice(longest - n, longest)
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, span] = 1
+        labels = torch.tensor([label for _, label in rows], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

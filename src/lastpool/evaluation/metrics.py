@@ -1,0 +1,50 @@
+"""Classification metrics from scikit-learn, in the JSON shape saved in ``metrics.json``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
+
+
+def classification_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str],
+    probabilities: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Accuracy, macro and weighted F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    Every label in ``label_names`` appears in the result, even if absent from ``y_true``, so runs on
+    different splits have the same shape.
+    """
+    labels = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    result: dict[str, Any] = {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(label_names)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "labels": list(label_names),
+    }
+    if probabilities is not None and len(y_true):
+        result["log_loss"] = float(log_loss(y_true, probabilities, labels=labels))
+    return result

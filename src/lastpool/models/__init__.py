@@ -1,0 +1,1 @@
+"""Models: the from-scratch decoder, pooling, and the classifier that joins backbone, pooler and head."""

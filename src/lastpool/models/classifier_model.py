@@ -1,0 +1,152 @@
+"""Backbone + pooler + linear head, and the model folder format that stores them.
+
+Pool first, then apply the head: the head runs on B vectors, not B x T (transformers applies its
+``score`` layer to every position and throws all but one away).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lastpool.errors import ModelLoadError
+from lastpool.models.gpt import GPTBackbone, GPTConfig, position_ids_from_mask
+from lastpool.models.pooling import Pooler, PoolingName
+from lastpool.version import __version__
+
+SPEC_FILE = "lastpool.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class BackboneSpec(BaseModel):
+    """What the backbone is; enough to rebuild it with the saved weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["scratch"] = "scratch"
+    config: GPTConfig
+
+
+class TokenizerSpec(BaseModel):
+    """Where the tokenizer came from; its files are saved beside the weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["bpe", "pretrained"]
+    source: str | None = None
+    vocab_size: int
+    pad_token_id: int = Field(ge=0)
+
+
+class ModelSpec(BaseModel):
+    """Contents of ``lastpool.json``: everything needed to load and use a saved classifier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    library_version: str = __version__
+    backbone: BackboneSpec
+    pooling: PoolingName = "last"
+    head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    labels: list[str] = Field(min_length=2)
+    max_length: int = Field(gt=0)
+    padding_side: Literal["right", "left"] = "right"
+    tokenizer: TokenizerSpec
+    temperature: float = Field(default=1.0, gt=0.0)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class SequenceClassifier(nn.Module):
+    """Text classifier: hidden states from the backbone, pooled by the attention mask, then a head."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int, num_labels: int, pooling: str = "last",
+                 head_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooler = Pooler(pooling)
+        self.head_dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(hidden_size, num_labels)
+        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One vector per row: the backbone's hidden states reduced by the pooler."""
+        position_ids = position_ids_from_mask(attention_mask)
+        hidden = self.backbone(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return self.pooler(hidden, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_dropout(self.pooled(input_ids, attention_mask)))
+
+
+def build_model(spec: ModelSpec) -> SequenceClassifier:
+    """A freshly initialised classifier for ``spec`` (weights are loaded separately)."""
+    backbone = GPTBackbone(spec.backbone.config)
+    return SequenceClassifier(
+        backbone,
+        hidden_size=backbone.hidden_size,
+        num_labels=len(spec.labels),
+        pooling=spec.pooling,
+        head_dropout=spec.head_dropout,
+    )
+
+
+def save_model(model: SequenceClassifier, spec: ModelSpec, folder: Path) -> None:
+    """Write the spec and safetensors weights into ``folder`` (which the caller makes atomic)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "lastpool": __version__})
+    (folder / SPEC_FILE).write_text(spec.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def read_spec(folder: Path) -> ModelSpec:
+    """Parse ``lastpool.json``; any problem is a ModelLoadError naming the file."""
+    path = folder / SPEC_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: not a lastpool model folder (no {SPEC_FILE})")
+    try:
+        return ModelSpec.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise ModelLoadError(f"{path}: invalid model description ({detail})") from None
+
+
+def refuse_pickles(folder: Path) -> None:
+    """Weights are read only from safetensors; a folder carrying pickled weights is refused outright."""
+    suspicious = [p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    if suspicious:
+        raise ModelLoadError(
+            f"{folder}: refusing to load a model folder that contains pickle files ({', '.join(suspicious)}); "
+            "lastpool loads weights only from safetensors"
+        )
+
+
+def load_model(folder: Path) -> tuple[SequenceClassifier, ModelSpec]:
+    """Rebuild the classifier from ``folder`` and load its safetensors weights strictly."""
+    spec = read_spec(folder)
+    refuse_pickles(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"{folder}: missing weights file {WEIGHTS_FILE}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{weights}: corrupt or truncated safetensors file ({exc})") from None
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        summary = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
+        raise ModelLoadError(
+            f"{weights}: weights do not match {SPEC_FILE} (labels, architecture or vocabulary differ): {summary}"
+        ) from None
+    model.eval()
+    return model, spec

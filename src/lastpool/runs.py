@@ -1,0 +1,73 @@
+"""The run directory: model/, config.yaml, history.jsonl and metrics.json, written all at once.
+
+The whole directory is assembled in a temporary folder beside the target and renamed into place at the
+end, so an interrupted or failed run never leaves a half-written run directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lastpool.classifier import Classifier
+from lastpool.config import RunConfig, dump_yaml
+from lastpool.errors import ConfigError
+from lastpool.fileio import staged_dir
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def check_output_dir(path: Path) -> None:
+    """Fail before training, not after, if the run directory cannot be written."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(f"output directory {path} already exists and is not empty; choose another --out")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".lastpool-write-test")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to output directory {parent}: {exc.strerror or exc}") from None
+
+
+def data_summary(texts: list[str], labels: list[str], source: str) -> dict[str, Any]:
+    return {"source": source, "rows": len(texts), "class_counts": dict(sorted(Counter(labels).items()))}
+
+
+def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    result = clf.result
+    if result is None:
+        raise ValueError("classifier has not been trained")
+    return {
+        "val": result.val_metrics,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "optimizer_steps": result.optimizer_steps,
+        "train_seconds": result.train_seconds,
+        "train_samples_per_second": result.train_samples_per_second,
+        "data": data or {},
+    }
+
+
+def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any] | None = None) -> Path:
+    """Write the complete run directory to ``out`` atomically."""
+    if clf.result is None:
+        raise ValueError("classifier has not been trained")
+    with staged_dir(out) as tmp:
+        model_dir = tmp / "model"
+        model_dir.mkdir()
+        clf.save_to(model_dir)
+        (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+        with (tmp / "history.jsonl").open("w", encoding="utf-8") as handle:
+            for record in clf.result.history:
+                handle.write(json.dumps(record) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(run_metrics(clf, data), indent=2) + "\n", encoding="utf-8")
+    return out

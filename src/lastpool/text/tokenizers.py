@@ -1,0 +1,123 @@
+"""Turn texts into token ids, truncated to the max length, without padding (batching pads later).
+
+Every tokenizer is held as a transformers fast tokenizer, so a BPE trained here and a pretrained one
+(local folder, hub id or GGUF file) save, load and encode the same way. The pad id is only a filler:
+lastpool never uses it to find the pooled token, so tokenizers without a pad token work unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from lastpool.errors import ConfigError, ModelLoadError
+
+PAD = "<pad>"
+EOS = "<eos>"
+UNK = "<unk>"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` (training texts only, never validation ones).
+
+    Byte-level means no text is ever out of vocabulary. Each text ends with ``<eos>``: a token that is
+    always last, so last-token pooling reads the same learned position-independent symbol at the end
+    of every text.
+    """
+    if vocab_size < 300:
+        raise ConfigError(f"vocab_size must be at least 300 for a byte-level BPE (got {vocab_size})")
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[PAD, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    eos_id = tokenizer.token_to_id(EOS)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS}", special_tokens=[(EOS, eos_id)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS)
+
+
+def load_pretrained_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a Hugging Face tokenizer from a folder, a ``.gguf`` file or a hub id.
+
+    Any failure (missing path, no network for a hub id, a file that is not GGUF) becomes one clear
+    ModelLoadError instead of a library traceback.
+    """
+    path = Path(source).expanduser()
+    try:
+        if path.suffix.lower() == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"tokenizer file {source} does not exist")
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+            raise ModelLoadError(f"tokenizer {source}: not a folder, a .gguf file or a hub id")
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types; the user needs one message
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(exc).lower()
+        hint = " (the Hugging Face Hub is unreachable: pass a local folder or .gguf file)" if offline else ""
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"could not load tokenizer {source!r}: {reason}{hint}") from None
+
+
+class TextEncoder:
+    """A tokenizer plus the truncation length: texts in, lists of token ids out."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        if max_length < 2:
+            raise ConfigError(f"max_length must be at least 2 (got {max_length})")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def pad_token_id(self) -> int:
+        """A filler id for padded positions (pad, else EOS, else 0); masked out, never pooled."""
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, special tokens added, truncated to ``max_length``; no padding."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+        )
+        return [list(ids) for ids in encoded["input_ids"]]
+
+    def save(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(str(folder))
+
+    @classmethod
+    def load(cls, folder: Path, max_length: int) -> TextEncoder:
+        if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+            raise ModelLoadError(f"{folder}: tokenizer files are missing (expected tokenizer.json)")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"{folder}: could not load the saved tokenizer ({exc})") from None
+        return cls(tokenizer, max_length)

@@ -1,0 +1,1 @@
+"""Training loop (Accelerate) and inference helpers."""
