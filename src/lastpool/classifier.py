@@ -92,7 +92,10 @@ class Classifier:
         str_labels = [str(label) for label in labels]
         if len(str_labels) != len(texts):
             raise DataError(f"{data_name}: {len(texts)} texts but {len(str_labels)} labels")
-        label_set = LabelSet.from_labels(str_labels, order=cfg.labels)
+        try:
+            label_set = LabelSet.from_labels(str_labels, order=cfg.labels)
+        except DataError as exc:  # name the file: "only one class" alone does not say where
+            raise DataError(f"{data_name}: {exc}") from None
         if eval_texts is not None or eval_labels is not None:
             if eval_texts is None or eval_labels is None:
                 raise DataError("pass both eval_texts and eval_labels, or neither")
@@ -103,7 +106,10 @@ class Classifier:
                 raise DataError(f"{eval_name}: {len(val_texts)} texts but {len(val_str)} labels")
             val_y = label_set.encode(val_str, source=eval_name)
         else:
-            train_idx, val_idx = stratified_split(str_labels, cfg.val_fraction, cfg.seed)
+            try:
+                train_idx, val_idx = stratified_split(str_labels, cfg.val_fraction, cfg.seed)
+            except DataError as exc:
+                raise DataError(f"{data_name}: {exc}") from None
             encoded = label_set.encode(str_labels, source=data_name)
             train_texts = [texts[i] for i in train_idx]
             train_y = [encoded[i] for i in train_idx]
@@ -114,7 +120,7 @@ class Classifier:
         tok_spec_type: Literal["bpe", "pretrained"]
         tokenizer: PreTrainedTokenizerBase
         if cfg.tokenizer == "bpe":
-            tokenizer = train_bpe(train_texts, cfg.vocab_size)
+            tokenizer = train_bpe(train_texts, cfg.vocab_size, lowercase=cfg.lowercase)
             tok_spec_type, tok_source = "bpe", None
         else:
             tokenizer = load_pretrained_tokenizer(cfg.tokenizer)

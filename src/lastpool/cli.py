@@ -26,7 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+# soft_wrap: notices and messages stay on one line however narrow the terminal (or a pipe: 80 columns).
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 # Option groups, so `--help` reads like the config file.
@@ -53,6 +54,7 @@ def train(
     val_fraction: Annotated[float | None, typer.Option(help="stratified validation share [0.1]", rich_help_panel=DATA)] = None,  # noqa: E501
     tokenizer: Annotated[str | None, typer.Option(help="'bpe' (train one) or a HF tokenizer folder, .gguf file or hub id", rich_help_panel=TOK)] = None,  # noqa: E501
     vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size [4096]", rich_help_panel=TOK)] = None,
+    lowercase: Annotated[bool | None, typer.Option("--lowercase/--no-lowercase", help="BPE: fold case [off]", rich_help_panel=TOK)] = None,  # noqa: E501
     max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens [64]", rich_help_panel=TOK)] = None,  # noqa: E501
     padding_side: Annotated[str | None, typer.Option(help="right or left [right]", rich_help_panel=TOK)] = None,
     model: Annotated[str | None, typer.Option(help="backbone [scratch]", rich_help_panel=MODEL)] = None,
@@ -86,7 +88,8 @@ def train(
     overrides: dict[str, Any] = {
         "data": data, "eval_data": eval_data, "text_col": text_col, "label_col": label_col,
         "labels": _labels_list(labels), "val_fraction": val_fraction, "tokenizer": tokenizer,
-        "vocab_size": vocab_size, "max_length": max_length, "padding_side": padding_side, "model": model,
+        "vocab_size": vocab_size, "lowercase": lowercase, "max_length": max_length,
+        "padding_side": padding_side, "model": model,
         "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff, "dropout": dropout,
         "context_length": context_length, "pooling": pooling, "head_dropout": head_dropout, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
@@ -235,27 +238,50 @@ def predict(
         out.print(table)
 
 
+# typer >= 0.2x ships its own copy of click (``typer._click``) whose exceptions are not click's, so
+# catch both families; otherwise a mistyped flag ends in a traceback.
+_USAGE_ERRORS: tuple[type[Exception], ...] = (click.exceptions.ClickException,) + tuple(
+    t for t in (getattr(typer, "TyperException", None),) if isinstance(t, type) and issubclass(t, Exception)
+)
+_ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
+_EXITS: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
+
+
+def _usage_error(exc: Exception) -> int:
+    """A click/typer usage error as one ``error:`` line (plus the help for a bare ``lastpool``)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `lastpool` alone: show the help
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        return 2
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None and getattr(ctx, "command_path", None) else ""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"error: {text[:1].lower() + text[1:]}{hint}\n")
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map user errors to exit code 2 with one clear message."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="lastpool")
+        result = app(args=argv, standalone_mode=False, prog_name="lastpool")
     except LastpoolError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    except click.exceptions.Abort:
+    except _ABORTS:
         err.print("aborted")
         return 130
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code if exc.exit_code else 2
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
+    except _USAGE_ERRORS as exc:
+        return _usage_error(exc)
+    except _EXITS as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    return 0
-
-
+    # Without standalone mode, --help and similar early exits return their exit code instead of raising.
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def entry() -> None:

@@ -33,6 +33,7 @@ class RunConfig(BaseModel):
     # tokenizer
     tokenizer: str = Field(default="bpe", description="'bpe' (train on the training texts) or a HF tokenizer")
     vocab_size: int = Field(default=4096, ge=300, description="BPE vocabulary size")
+    lowercase: bool = Field(default=False, description="BPE: fold case before tokenizing")
     max_length: int = Field(default=64, ge=2, description="truncate texts to this many tokens")
     padding_side: Literal["right", "left"] = Field(default="right", description="where batches are padded")
 

@@ -28,10 +28,16 @@ def check_output_dir(path: Path) -> None:
     """Fail before training, not after, if the run directory cannot be written."""
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"output directory {path} already exists and is not empty; choose another --out")
+    # Probe the nearest existing ancestor without creating anything: a run that fails later (bad data,
+    # bad flags) must leave no trace, not even empty parent folders.
     parent = path.parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write to output directory {parent}: {existing} is not a directory")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".lastpool-write-test")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lastpool-write-test")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

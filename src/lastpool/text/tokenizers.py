@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lastpool.errors import ConfigError, ModelLoadError
@@ -21,16 +21,21 @@ EOS = "<eos>"
 UNK = "<unk>"
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, lowercase: bool = False
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts`` (training texts only, never validation ones).
 
     Byte-level means no text is ever out of vocabulary. Each text ends with ``<eos>``: a token that is
     always last, so last-token pooling reads the same learned position-independent symbol at the end
-    of every text.
+    of every text. ``lowercase`` folds case before splitting: with a few thousand training texts,
+    "Profit" and "profit" sharing one embedding generalises better; it is saved with the tokenizer.
     """
     if vocab_size < 300:
         raise ConfigError(f"vocab_size must be at least 300 for a byte-level BPE (got {vocab_size})")
     tokenizer = Tokenizer(models.BPE(unk_token=None))
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -64,14 +69,23 @@ def load_pretrained_tokenizer(source: str, trust_remote_code: bool = False) -> P
             return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
             raise ModelLoadError(f"tokenizer {source}: not a folder, a .gguf file or a hub id")
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it now so that setting it later
+        # still means "no network" (instead of ~45 s of connection retries before failing).
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                             local_files_only=_offline())
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers raises many types; the user needs one message
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(exc).lower()
+        offline = _offline() or "connect" in str(exc).lower()
         hint = " (the Hugging Face Hub is unreachable: pass a local folder or .gguf file)" if offline else ""
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"could not load tokenizer {source!r}: {reason}{hint}") from None
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE as set now (1, true, yes, on)."""
+    return any(os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 class TextEncoder:
