@@ -126,3 +126,20 @@ def test_encoded_dataset() -> None:
     assert EncodedDataset([[1]]).labels == [-1]
     with pytest.raises(ValueError):
         EncodedDataset([[1], [2]], [0])
+
+
+def test_token_dropout_keeps_last_token_and_repeats_with_seed() -> None:
+    from lastpool.data.batching import TokenDropoutCollator
+
+    rows = [(list(range(10, 40)), 0), ([5, 6, 99], 1)]
+    a = TokenDropoutCollator(0, rate=0.3, seed=7)(rows)
+    b = TokenDropoutCollator(0, rate=0.3, seed=7)(rows)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    lengths = a["attention_mask"].sum(1).tolist()
+    assert lengths[0] < 30  # some of 29 droppable tokens went (p of none: 0.7**29)
+    assert a["input_ids"][0, lengths[0] - 1].item() == 39
+    assert a["input_ids"][1, lengths[1] - 1].item() == 99
+    kept = a["input_ids"][0, : lengths[0]].tolist()
+    assert kept == sorted(kept)  # order preserved
+    plain = TokenDropoutCollator(0, rate=0.0)(rows)
+    assert plain["attention_mask"].sum(1).tolist() == [30, 3]

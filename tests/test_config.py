@@ -39,6 +39,7 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "context_length": ("512", 512),
     "pooling": ("max", "max"),
     "head_dropout": ("0.2", 0.2),
+    "token_dropout": ("0.15", 0.15),
     "epochs": ("7", 7),
     "batch_size": ("5", 5),
     "lr": ("0.0123", 0.0123),

@@ -66,6 +66,7 @@ def train(
     context_length: Annotated[int | None, typer.Option(help="position table size [max length]", rich_help_panel=MODEL)] = None,  # noqa: E501
     pooling: Annotated[str | None, typer.Option(help="last, mean, max or first [last]", rich_help_panel=MODEL)] = None,
     head_dropout: Annotated[float | None, typer.Option(help="dropout before the head [0]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    token_dropout: Annotated[float | None, typer.Option(help="training augmentation: delete this share of tokens [0]", rich_help_panel=MODEL)] = None,  # noqa: E501
     epochs: Annotated[int | None, typer.Option(help="[10]", rich_help_panel=OPT)] = None,
     batch_size: Annotated[int | None, typer.Option(help="[32]", rich_help_panel=OPT)] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate [1e-3]", rich_help_panel=OPT)] = None,
@@ -80,22 +81,14 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or tables", rich_help_panel=OUT)] = False,  # noqa: E501
 ) -> None:
     """Train a classifier and write a run directory (model/, config.yaml, history.jsonl, metrics.json)."""
+    params = dict(locals())  # every RunConfig field is a parameter of the same name
     from lastpool.classifier import Classifier
-    from lastpool.config import resolve_config
+    from lastpool.config import RunConfig, resolve_config
     from lastpool.data.tables import load_demo, read_table
     from lastpool.runs import check_output_dir, data_summary, default_run_dir, write_run
 
-    overrides: dict[str, Any] = {
-        "data": data, "eval_data": eval_data, "text_col": text_col, "label_col": label_col,
-        "labels": _labels_list(labels), "val_fraction": val_fraction, "tokenizer": tokenizer,
-        "vocab_size": vocab_size, "lowercase": lowercase, "max_length": max_length,
-        "padding_side": padding_side, "model": model,
-        "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff, "dropout": dropout,
-        "context_length": context_length, "pooling": pooling, "head_dropout": head_dropout, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
-        "max_steps": max_steps, "grad_clip": grad_clip, "grad_accum": grad_accum,
-        "label_smoothing": label_smoothing, "seed": seed, "out": str(out) if out is not None else None,
-    }
+    flags = {name: value for name, value in params.items() if name in RunConfig.model_fields}
+    overrides: dict[str, Any] = {**flags, "labels": _labels_list(labels), "out": str(out) if out is not None else None}
     cfg = resolve_config(str(config) if config is not None else None, overrides)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir()
     check_output_dir(run_dir)

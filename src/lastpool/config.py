@@ -47,6 +47,7 @@ class RunConfig(BaseModel):
     context_length: int | None = Field(default=None, gt=0, description="position table size (default max_length)")
     pooling: PoolingName = Field(default="last", description="last, mean, max or first")
     head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    token_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="training: delete tokens at this rate")
 
     # optimisation
     epochs: int = Field(default=10, ge=1)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
 from lastpool.config import RunConfig
-from lastpool.data.batching import EncodedDataset, LengthBucketSampler, PaddingCollator
+from lastpool.data.batching import EncodedDataset, LengthBucketSampler, TokenDropoutCollator
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.training.inference import predict_logits, softmax
 
@@ -83,7 +83,8 @@ class Trainer:
         accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
         sampler = LengthBucketSampler(train.lengths, cfg.batch_size, seed=cfg.seed, shuffle=True)
         loader = DataLoader(train, batch_sampler=sampler,
-                            collate_fn=PaddingCollator(self.pad_token_id, cfg.padding_side))
+                            collate_fn=TokenDropoutCollator(self.pad_token_id, cfg.padding_side,
+                                                            rate=cfg.token_dropout, seed=cfg.seed))
         steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum)
         total_steps = steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
