@@ -138,8 +138,6 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
     cfg = yaml.safe_load(SEED_CONFIG.read_text())
-    cfg.setdefault("vocab_size", 4096)
-    cfg.setdefault("weight_decay", 0.01)
     table = read_table(args.data)
     assert table.labels is not None
     label_set = LabelSet.from_labels(table.labels)

@@ -53,7 +53,7 @@ def train(
     labels: Annotated[str | None, typer.Option(help="label order, comma separated (default: sorted)", rich_help_panel=DATA)] = None,  # noqa: E501
     val_fraction: Annotated[float | None, typer.Option(help="stratified validation share [0.1]", rich_help_panel=DATA)] = None,  # noqa: E501
     tokenizer: Annotated[str | None, typer.Option(help="'bpe' (train one) or a HF tokenizer folder, .gguf file or hub id", rich_help_panel=TOK)] = None,  # noqa: E501
-    vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size [4096]", rich_help_panel=TOK)] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size [2000]", rich_help_panel=TOK)] = None,
     lowercase: Annotated[bool | None, typer.Option("--lowercase/--no-lowercase", help="BPE: fold case [off]", rich_help_panel=TOK)] = None,  # noqa: E501
     max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens [64]", rich_help_panel=TOK)] = None,  # noqa: E501
     padding_side: Annotated[str | None, typer.Option(help="right or left [right]", rich_help_panel=TOK)] = None,
@@ -62,20 +62,20 @@ def train(
     n_layers: Annotated[int | None, typer.Option(help="decoder blocks [2]", rich_help_panel=MODEL)] = None,
     n_heads: Annotated[int | None, typer.Option(help="attention heads [4]", rich_help_panel=MODEL)] = None,
     d_ff: Annotated[int | None, typer.Option(help="MLP width [512]", rich_help_panel=MODEL)] = None,
-    dropout: Annotated[float | None, typer.Option(help="dropout in the decoder [0.1]", rich_help_panel=MODEL)] = None,
+    dropout: Annotated[float | None, typer.Option(help="dropout in the decoder [0.2]", rich_help_panel=MODEL)] = None,
     context_length: Annotated[int | None, typer.Option(help="position table size [max length]", rich_help_panel=MODEL)] = None,  # noqa: E501
     pooling: Annotated[str | None, typer.Option(help="last, mean, max or first [last]", rich_help_panel=MODEL)] = None,
     head_dropout: Annotated[float | None, typer.Option(help="dropout before the head [0]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    token_dropout: Annotated[float | None, typer.Option(help="training augmentation: delete this share of tokens [0]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    token_dropout: Annotated[float | None, typer.Option(help="training augmentation: delete this share of tokens [0.1]", rich_help_panel=MODEL)] = None,  # noqa: E501
     epochs: Annotated[int | None, typer.Option(help="[10]", rich_help_panel=OPT)] = None,
     batch_size: Annotated[int | None, typer.Option(help="[32]", rich_help_panel=OPT)] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate [1e-3]", rich_help_panel=OPT)] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay [0.01]", rich_help_panel=OPT)] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay [0.1]", rich_help_panel=OPT)] = None,
     warmup: Annotated[float | None, typer.Option(help="warmup: fraction of steps (<1) or steps (>=1) [0.05]", rich_help_panel=OPT)] = None,  # noqa: E501
     max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps", rich_help_panel=OPT)] = None,  # noqa: E501
     grad_clip: Annotated[float | None, typer.Option(help="max gradient norm, 0 = off [1.0]", rich_help_panel=OPT)] = None,  # noqa: E501
     grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps [1]", rich_help_panel=OPT)] = None,  # noqa: E501
-    label_smoothing: Annotated[float | None, typer.Option(help="[0]", rich_help_panel=OPT)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing [0.1]", rich_help_panel=OPT)] = None,
     seed: Annotated[int | None, typer.Option(help="random seed [0]", rich_help_panel=OPT)] = None,
     out: Annotated[Path | None, typer.Option(help="run directory [runs/<timestamp>]", rich_help_panel=OUT)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or tables", rich_help_panel=OUT)] = False,  # noqa: E501

@@ -32,7 +32,7 @@ class RunConfig(BaseModel):
 
     # tokenizer
     tokenizer: str = Field(default="bpe", description="'bpe' (train on the training texts) or a HF tokenizer")
-    vocab_size: int = Field(default=4096, ge=300, description="BPE vocabulary size")
+    vocab_size: int = Field(default=2000, ge=300, description="BPE vocabulary size")
     lowercase: bool = Field(default=False, description="BPE: fold case before tokenizing")
     max_length: int = Field(default=64, ge=2, description="truncate texts to this many tokens")
     padding_side: Literal["right", "left"] = Field(default="right", description="where batches are padded")
@@ -43,22 +43,22 @@ class RunConfig(BaseModel):
     n_layers: int = Field(default=2, ge=1)
     n_heads: int = Field(default=4, ge=1)
     d_ff: int = Field(default=512, gt=0)
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     context_length: int | None = Field(default=None, gt=0, description="position table size (default max_length)")
     pooling: PoolingName = Field(default="last", description="last, mean, max or first")
     head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    token_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="training: delete tokens at this rate")
+    token_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="training: delete tokens at this rate")
 
     # optimisation
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-3, gt=0.0)
-    weight_decay: float = Field(default=0.01, ge=0.0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
     warmup: float = Field(default=0.05, ge=0.0, description="warmup: a fraction of all steps (<1) or steps (>=1)")
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
     grad_clip: float = Field(default=1.0, ge=0.0, description="max gradient norm (0: off)")
     grad_accum: int = Field(default=1, ge=1, description="gradient accumulation steps")
-    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
     seed: int = Field(default=0, ge=0)
 
     # output
