@@ -75,7 +75,7 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps", rich_help_panel=OPT)] = None,  # noqa: E501
     grad_clip: Annotated[float | None, typer.Option(help="max gradient norm, 0 = off [1.0]", rich_help_panel=OPT)] = None,  # noqa: E501
     grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps [1]", rich_help_panel=OPT)] = None,  # noqa: E501
-    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing [0.1]", rich_help_panel=OPT)] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing [0.1]", rich_help_panel=OPT)] = None,  # noqa: E501
     seed: Annotated[int | None, typer.Option(help="random seed [0]", rich_help_panel=OPT)] = None,
     out: Annotated[Path | None, typer.Option(help="run directory [runs/<timestamp>]", rich_help_panel=OUT)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or tables", rich_help_panel=OUT)] = False,  # noqa: E501
