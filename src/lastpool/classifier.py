@@ -7,11 +7,13 @@ directory holding ``model/``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
@@ -19,13 +21,15 @@ from lastpool.config import RunConfig, make_config
 from lastpool.data.batching import EncodedDataset
 from lastpool.data.labels import LabelSet
 from lastpool.data.split import stratified_split
-from lastpool.errors import DataError, ModelLoadError
+from lastpool.errors import ConfigError, DataError, ModelLoadError
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.fileio import staged_dir
+from lastpool.models.backbones import load_backbone
 from lastpool.models.classifier_model import (
     SPEC_FILE,
-    BackboneSpec,
     ModelSpec,
+    PretrainedBackboneSpec,
+    ScratchBackboneSpec,
     SequenceClassifier,
     TokenizerSpec,
     build_model,
@@ -58,6 +62,75 @@ def _check_texts(texts: Sequence[str], what: str) -> list[str]:
         if not text.strip():
             raise DataError(f"{what}: item {i + 1} is an empty text")
     return out
+
+
+def resolve_precision(requested: str, pretrained: bool) -> Literal["fp32", "bf16"]:
+    """``auto``: bf16 autocast for pretrained backbones where the hardware runs bf16 matmuls natively
+    (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp32 for the small from-scratch decoder, whose tiny
+    matmuls gain nothing and whose padding-invariance checks are exact in fp32."""
+    if requested == "bf16":
+        return "bf16"
+    if requested == "fp32" or not pretrained:
+        return "fp32"
+    return "bf16" if bf16_is_fast() else "fp32"
+
+
+def bf16_is_fast() -> bool:
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _new_model(
+    cfg: RunConfig, label_names: list[str], train_texts: list[str]
+) -> tuple[SequenceClassifier, ModelSpec, TextEncoder]:
+    """Tokenizer, spec and freshly initialised (or pretrained) model for a training run."""
+    set_seed(cfg.seed)
+    pretrained = cfg.model != "scratch"
+    backbone_spec: ScratchBackboneSpec | PretrainedBackboneSpec
+    backbone: torch.nn.Module | None = None
+    tok_type: Literal["bpe", "pretrained"] = "pretrained"
+    tokenizer: PreTrainedTokenizerBase
+    tok_source: str | None = cfg.tokenizer
+    if pretrained:
+        if cfg.tokenizer == "bpe":
+            raise ConfigError("a pretrained backbone needs its own tokenizer: drop --tokenizer bpe (or use auto)")
+        backbone, info = load_backbone(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        tok_source = cfg.model if cfg.tokenizer == "auto" else cfg.tokenizer
+        tokenizer = load_pretrained_tokenizer(tok_source, trust_remote_code=cfg.trust_remote_code)
+        if cfg.grad_checkpointing:
+            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        backbone_spec = PretrainedBackboneSpec(
+            source=cfg.model, kind=info["kind"], model_type=info["model_type"], sha256=info.get("sha256"),
+            config=json.loads(backbone.config.to_json_string(use_diff=False)),
+        )
+    else:
+        if cfg.tokenizer in ("auto", "bpe"):
+            tokenizer = train_bpe(train_texts, cfg.vocab_size, lowercase=cfg.lowercase)
+            tok_type, tok_source = "bpe", None
+        else:
+            tokenizer = load_pretrained_tokenizer(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
+    encoder = TextEncoder(tokenizer, cfg.max_length)
+    if not pretrained:
+        backbone_spec = ScratchBackboneSpec(
+            config=GPTConfig(
+                vocab_size=encoder.vocab_size, context_length=cfg.context_length or cfg.max_length,
+                d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_ff=cfg.d_ff, dropout=cfg.dropout,
+            )
+        )
+    spec = ModelSpec(
+        backbone=backbone_spec,
+        pooling=cfg.pooling,
+        head_dropout=cfg.head_dropout,
+        labels=label_names,
+        max_length=cfg.max_length,
+        padding_side=cfg.padding_side,
+        tokenizer=TokenizerSpec(type=tok_type, source=tok_source, vocab_size=encoder.vocab_size,
+                                pad_token_id=encoder.pad_token_id),
+        precision=resolve_precision(cfg.precision, pretrained),
+    )
+    set_seed(cfg.seed)
+    return build_model(spec, backbone), spec, encoder
 
 
 class Classifier:
@@ -116,41 +189,10 @@ class Classifier:
             val_texts = [texts[i] for i in val_idx]
             val_y = [encoded[i] for i in val_idx]
 
-        set_seed(cfg.seed)
-        tok_spec_type: Literal["bpe", "pretrained"]
-        tokenizer: PreTrainedTokenizerBase
-        if cfg.tokenizer == "bpe":
-            tokenizer = train_bpe(train_texts, cfg.vocab_size, lowercase=cfg.lowercase)
-            tok_spec_type, tok_source = "bpe", None
-        else:
-            tokenizer = load_pretrained_tokenizer(cfg.tokenizer)
-            tok_spec_type, tok_source = "pretrained", cfg.tokenizer
-        encoder = TextEncoder(tokenizer, cfg.max_length)
-        spec = ModelSpec(
-            backbone=BackboneSpec(
-                config=GPTConfig(
-                    vocab_size=encoder.vocab_size,
-                    context_length=cfg.context_length or cfg.max_length,
-                    d_model=cfg.d_model,
-                    n_layers=cfg.n_layers,
-                    n_heads=cfg.n_heads,
-                    d_ff=cfg.d_ff,
-                    dropout=cfg.dropout,
-                )
-            ),
-            pooling=cfg.pooling,
-            head_dropout=cfg.head_dropout,
-            labels=list(label_set.names),
-            max_length=cfg.max_length,
-            padding_side=cfg.padding_side,
-            tokenizer=TokenizerSpec(type=tok_spec_type, source=tok_source, vocab_size=encoder.vocab_size,
-                                    pad_token_id=encoder.pad_token_id),
-        )
-        set_seed(cfg.seed)
-        model = build_model(spec)
+        model, spec, encoder = _new_model(cfg, list(label_set.names), train_texts)
         train_ds = EncodedDataset(encoder.encode(train_texts), train_y)
         val_ds = EncodedDataset(encoder.encode(val_texts), val_y)
-        trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet)
+        trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet, precision=spec.precision)
         self.result = trainer.fit(model, train_ds, val_ds)
         model.eval()
         spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
@@ -174,7 +216,7 @@ class Classifier:
         ids = encoder.encode(_check_texts(texts, "input"))
         if not ids:
             return np.zeros((0, len(spec.labels)), dtype=np.float32)
-        return predict_logits(model, ids, encoder.pad_token_id, spec.padding_side)
+        return predict_logits(model, ids, encoder.pad_token_id, spec.padding_side, precision=spec.precision)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities [N, C], columns in ``self.labels`` order."""
@@ -218,10 +260,10 @@ class Classifier:
         folder = resolve_model_folder(path)
         model, spec = load_model(folder)
         encoder = TextEncoder.load(folder, spec.max_length)
-        if encoder.vocab_size > spec.backbone.config.vocab_size:
+        if encoder.vocab_size > spec.tokenizer.vocab_size:
             raise ModelLoadError(
                 f"{folder}: tokenizer has {encoder.vocab_size} tokens but the model was built for "
-                f"{spec.backbone.config.vocab_size}"
+                f"{spec.tokenizer.vocab_size}"
             )
         clf = cls()
         clf.model, clf.spec, clf.encoder = model, spec, encoder

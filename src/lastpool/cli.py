@@ -52,12 +52,15 @@ def train(
     label_col: Annotated[str | None, typer.Option(help="label column (auto-detected: label, ...)", rich_help_panel=DATA)] = None,  # noqa: E501
     labels: Annotated[str | None, typer.Option(help="label order, comma separated (default: sorted)", rich_help_panel=DATA)] = None,  # noqa: E501
     val_fraction: Annotated[float | None, typer.Option(help="stratified validation share [0.1]", rich_help_panel=DATA)] = None,  # noqa: E501
-    tokenizer: Annotated[str | None, typer.Option(help="'bpe' (train one) or a HF tokenizer folder, .gguf file or hub id", rich_help_panel=TOK)] = None,  # noqa: E501
+    tokenizer: Annotated[str | None, typer.Option(help="auto (the model's own; a trained BPE for scratch), bpe, or a HF tokenizer folder, .gguf file or hub id [auto]", rich_help_panel=TOK)] = None,  # noqa: E501
     vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size [2000]", rich_help_panel=TOK)] = None,
     lowercase: Annotated[bool | None, typer.Option("--lowercase/--no-lowercase", help="BPE: fold case [off]", rich_help_panel=TOK)] = None,  # noqa: E501
     max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens [64]", rich_help_panel=TOK)] = None,  # noqa: E501
     padding_side: Annotated[str | None, typer.Option(help="right or left [right]", rich_help_panel=TOK)] = None,
-    model: Annotated[str | None, typer.Option(help="backbone [scratch]", rich_help_panel=MODEL)] = None,
+    model: Annotated[str | None, typer.Option(help="scratch, or a pretrained decoder: hub id, local folder or .gguf file [scratch]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="run a hub model's own code [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="recompute activations to save memory [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16 (autocast) [auto: bf16 for pretrained models where fast]", rich_help_panel=OPT)] = None,  # noqa: E501
     d_model: Annotated[int | None, typer.Option(help="hidden size [128]", rich_help_panel=MODEL)] = None,
     n_layers: Annotated[int | None, typer.Option(help="decoder blocks [2]", rich_help_panel=MODEL)] = None,
     n_heads: Annotated[int | None, typer.Option(help="attention heads [4]", rich_help_panel=MODEL)] = None,

@@ -31,14 +31,19 @@ class RunConfig(BaseModel):
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="validation share of --data")
 
     # tokenizer
-    tokenizer: str = Field(default="bpe", description="'bpe' (train on the training texts) or a HF tokenizer")
+    tokenizer: str = Field(
+        default="auto", description="auto (the model's own; a trained BPE for scratch), bpe, or a HF tokenizer"
+    )
     vocab_size: int = Field(default=2000, ge=300, description="BPE vocabulary size")
     lowercase: bool = Field(default=False, description="BPE: fold case before tokenizing")
     max_length: int = Field(default=64, ge=2, description="truncate texts to this many tokens")
     padding_side: Literal["right", "left"] = Field(default="right", description="where batches are padded")
 
     # model
-    model: Literal["scratch"] = Field(default="scratch", description="backbone")
+    model: str = Field(default="scratch", description="scratch, or a pretrained decoder: hub id, folder, .gguf")
+    trust_remote_code: bool = Field(default=False, description="allow a hub model's own Python code")
+    grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory")
+    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto, fp32 or bf16 autocast")
     d_model: int = Field(default=128, gt=0)
     n_layers: int = Field(default=2, ge=1)
     n_heads: int = Field(default=4, ge=1)

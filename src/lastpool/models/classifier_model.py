@@ -7,15 +7,17 @@ Pool first, then apply the head: the head runs on B vectors, not B x T (transfor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoConfig
 
 from lastpool.errors import ModelLoadError
+from lastpool.models.backbones import HFBackbone, backbone_from_config
 from lastpool.models.gpt import GPTBackbone, GPTConfig, position_ids_from_mask
 from lastpool.models.pooling import Pooler, PoolingName
 from lastpool.version import __version__
@@ -25,13 +27,33 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 
 
-class BackboneSpec(BaseModel):
-    """What the backbone is; enough to rebuild it with the saved weights."""
+class ScratchBackboneSpec(BaseModel):
+    """The from-scratch decoder: its architecture is enough to rebuild it for the saved weights."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["scratch"] = "scratch"
     config: GPTConfig
+
+
+class PretrainedBackboneSpec(BaseModel):
+    """A transformers base model: where it came from, and its full config to rebuild it offline.
+
+    A full fine-tune stores every weight in the model folder, so loading needs neither the Hub nor
+    the original file; ``source`` and ``sha256`` record the provenance.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["pretrained"] = "pretrained"
+    source: str
+    kind: Literal["hub", "folder", "gguf"]
+    model_type: str
+    sha256: str | None = None
+    config: dict[str, Any]
+
+
+BackboneSpec = Annotated[ScratchBackboneSpec | PretrainedBackboneSpec, Field(discriminator="type")]
 
 
 class TokenizerSpec(BaseModel):
@@ -60,6 +82,7 @@ class ModelSpec(BaseModel):
     padding_side: Literal["right", "left"] = "right"
     tokenizer: TokenizerSpec
     temperature: float = Field(default=1.0, gt=0.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -86,12 +109,27 @@ class SequenceClassifier(nn.Module):
         return self.head(self.head_dropout(self.pooled(input_ids, attention_mask)))
 
 
-def build_model(spec: ModelSpec) -> SequenceClassifier:
-    """A freshly initialised classifier for ``spec`` (weights are loaded separately)."""
-    backbone = GPTBackbone(spec.backbone.config)
+def build_backbone(spec: ScratchBackboneSpec | PretrainedBackboneSpec) -> GPTBackbone | HFBackbone:
+    """A randomly initialised backbone of the saved architecture (its weights are loaded after)."""
+    if isinstance(spec, ScratchBackboneSpec):
+        return GPTBackbone(spec.config)
+    values = dict(spec.config)
+    model_type = values.pop("model_type", spec.model_type)
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+    except (ValueError, KeyError) as exc:
+        raise ModelLoadError(f"unknown or unsupported model_type {model_type!r} in {SPEC_FILE} ({exc})") from None
+    return backbone_from_config(config)
+
+
+def build_model(spec: ModelSpec, backbone: nn.Module | None = None) -> SequenceClassifier:
+    """A classifier for ``spec``: a fresh backbone unless a (pretrained) one is passed in."""
+    if backbone is None:
+        backbone = build_backbone(spec.backbone)
+    hidden_size = int(getattr(backbone, "hidden_size"))  # noqa: B009 - both backbone types define it
     return SequenceClassifier(
         backbone,
-        hidden_size=backbone.hidden_size,
+        hidden_size=hidden_size,
         num_labels=len(spec.labels),
         pooling=spec.pooling,
         head_dropout=spec.head_dropout,

@@ -20,6 +20,7 @@ def predict_logits(
     max_tokens: int = 16384,
     max_batch: int = 256,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Logits [N, C] in the input order; texts of similar length are batched together."""
     was_training = model.training
@@ -31,7 +32,8 @@ def predict_logits(
     order: list[int] = []
     for batch_indices in token_budget_batches([len(x) for x in ids], max_tokens, max_batch):
         batch = collate([(ids[i], -1) for i in batch_indices])
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         outputs.append(logits.float().cpu())
         order.extend(batch_indices)
     model.train(was_training)

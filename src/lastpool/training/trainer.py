@@ -71,16 +71,20 @@ class Trainer:
     """Trains a SequenceClassifier on encoded data; keeps the best epoch's weights in the model."""
 
     def __init__(self, config: RunConfig, pad_token_id: int, label_names: list[str], quiet: bool = False,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, precision: str = "fp32") -> None:
         self.config = config
         self.pad_token_id = pad_token_id
         self.label_names = label_names
         self.quiet = quiet
+        self.precision = precision
         self.console = console or Console(stderr=True, soft_wrap=True)
 
     def fit(self, model: nn.Module, train: EncodedDataset, val: EncodedDataset) -> TrainResult:
         cfg = self.config
+        # bf16 is applied with torch.autocast here rather than Accelerator(mixed_precision=...):
+        # Accelerate's process-wide state cannot change precision between two fits in one process.
         accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+        autocast_bf16 = self.precision == "bf16"
         sampler = LengthBucketSampler(train.lengths, cfg.batch_size, seed=cfg.seed, shuffle=True)
         loader = DataLoader(train, batch_sampler=sampler,
                             collate_fn=TokenDropoutCollator(self.pad_token_id, cfg.padding_side,
@@ -113,8 +117,9 @@ class Trainer:
                 seen = 0
                 for batch in loader:
                     with accelerator.accumulate(model):
-                        logits = model(batch["input_ids"], batch["attention_mask"])
-                        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=cfg.label_smoothing)
+                        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                            logits = model(batch["input_ids"], batch["attention_mask"])
+                        loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and cfg.grad_clip > 0:
                             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -163,7 +168,8 @@ class Trainer:
         return result
 
     def _evaluate(self, model: nn.Module, val: EncodedDataset) -> dict[str, Any]:
-        logits = predict_logits(model, val.ids, self.pad_token_id, self.config.padding_side)
+        logits = predict_logits(model, val.ids, self.pad_token_id, self.config.padding_side,
+                                precision=self.precision)
         return evaluate_logits(logits, val.labels, self.label_names)
 
     @staticmethod
