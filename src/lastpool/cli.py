@@ -93,6 +93,8 @@ def train(
     flags = {name: value for name, value in params.items() if name in RunConfig.model_fields}
     overrides: dict[str, Any] = {**flags, "labels": _labels_list(labels), "out": str(out) if out is not None else None}
     cfg = resolve_config(str(config) if config is not None else None, overrides)
+    if quiet:
+        _silence_library_progress()
     run_dir = Path(cfg.out) if cfg.out else default_run_dir()
     check_output_dir(run_dir)
 
@@ -121,6 +123,14 @@ def train(
         print(summary)
     else:
         err.print(summary)
+
+
+def _silence_library_progress() -> None:
+    """--quiet also hides transformers' and huggingface_hub's own progress bars (GGUF loading, weights)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def _metrics_table(metrics: dict[str, Any], title: str) -> RichTable:

@@ -37,6 +37,12 @@ def staged_file(path: Path) -> Iterator[Path]:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def staged_dir(target: Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; move it to ``target`` only if the block succeeds.
@@ -46,6 +52,7 @@ def staged_dir(target: Path, replace: bool = False) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should look like a mkdir
     try:
         yield tmp
         if target.exists():
