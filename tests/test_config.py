@@ -34,6 +34,7 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "trust_remote_code": (None, True),  # a switch
     "grad_checkpointing": (None, True),  # a switch
     "precision": ("bf16", "bf16"),
+    "mode": ("top-2", "top-2"),
     "d_model": ("48", 48),
     "n_layers": ("3", 3),
     "n_heads": ("6", 6),

@@ -134,3 +134,47 @@ def test_bf16_training_runs_and_is_recorded(llama_folder: Path, tmp_path: Path) 
     loaded = Classifier.load(clf.save(tmp_path / "m"))
     assert loaded.spec is not None and loaded.spec.precision == "bf16"
     assert np.array_equal(loaded.predict_proba(texts[:5]), proba)
+
+
+def test_probe_trains_only_the_head_and_reuses_cached_features(tmp_path: Path, llama_folder: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("LASTPOOL_CACHE", str(tmp_path / "cache"))
+    texts, labels = demo_sample()
+    kw = {**TINY, "mode": "probe", "epochs": 3}
+    first = Classifier(model=str(llama_folder), **kw).fit(texts, labels)
+    assert first.feature_cache_hits == [False, False]
+    assert len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 2
+    original = load_file(str(llama_folder / "model.safetensors"))
+    assert first.model is not None
+    torch.testing.assert_close(first.model.backbone.model.state_dict()["norm.weight"], original["model.norm.weight"])
+    second = Classifier(model=str(llama_folder), **{**kw, "lr": 0.01}).fit(texts, labels)
+    assert second.feature_cache_hits == [True, True]
+    third = Classifier(model=str(llama_folder), **{**kw, "pooling": "mean"}).fit(texts, labels)
+    assert third.feature_cache_hits == [False, False]  # pooling is part of the key
+    # The probe's predictions come from the full model (backbone + head) and match the cached features.
+    assert first.spec is not None and first.spec.mode == "probe"
+    loaded = Classifier.load(first.save(tmp_path / "m"))
+    assert np.array_equal(loaded.predict_proba(texts[:8]), first.predict_proba(texts[:8]))
+
+
+def test_top_n_trains_last_blocks_norm_and_head(llama_folder: Path) -> None:
+    from lastpool.training.features import freeze_for_mode
+
+    texts, labels = demo_sample()
+    clf = Classifier(model=str(llama_folder), **{**TINY, "mode": "top-1", "max_steps": 1}).fit(texts, labels)
+    assert clf.model is not None
+    trainable = {n for n, p in clf.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("backbone.model.layers.1.") for n in trainable)
+    assert not any(n.startswith("backbone.model.layers.0.") for n in trainable)
+    assert "backbone.model.norm.weight" in trainable and "head.weight" in trainable
+    assert not any("embed_tokens" in n for n in trainable)
+    freeze_for_mode(clf.model, "full")
+    assert all(p.requires_grad for p in clf.model.parameters())
+
+
+def test_invalid_mode_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--mode", "top-0", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "mode" in capsys.readouterr().err

@@ -38,6 +38,7 @@ from lastpool.models.classifier_model import (
 )
 from lastpool.models.gpt import GPTConfig
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer, train_bpe
+from lastpool.training.features import FeatureDataset, HeadOnly, cached_features, feature_key, freeze_for_mode
 from lastpool.training.inference import predict_logits, softmax
 from lastpool.training.trainer import Trainer, TrainResult
 
@@ -102,7 +103,8 @@ def _new_model(
             backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         backbone_spec = PretrainedBackboneSpec(
             source=cfg.model, kind=info["kind"], model_type=info["model_type"], sha256=info.get("sha256"),
-            config=json.loads(backbone.config.to_json_string(use_diff=False)),
+            config={key: value for key, value in json.loads(backbone.config.to_json_string(use_diff=False)).items()
+                    if not key.startswith("_")},  # drop _name_or_path & co: local paths, not architecture
         )
     else:
         if cfg.tokenizer in ("auto", "bpe"):
@@ -133,6 +135,17 @@ def _new_model(
     return build_model(spec, backbone), spec, encoder
 
 
+def _backbone_identity(spec: ModelSpec, seed: int) -> dict[str, Any]:
+    """What makes a frozen backbone's features what they are, for the probe feature cache key."""
+    identity: dict[str, Any] = {"backbone": spec.backbone.model_dump(mode="json")}
+    if isinstance(spec.backbone, ScratchBackboneSpec):
+        identity["seed"] = seed  # a from-scratch backbone is its random init
+    elif spec.backbone.kind == "folder":
+        weights = sorted(Path(spec.backbone.source).glob("*.safetensors"))
+        identity["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    return identity
+
+
 class Classifier:
     """A decoder-only text classifier with last-token (or mean/max/first) pooling.
 
@@ -147,6 +160,7 @@ class Classifier:
         self.spec: ModelSpec | None = None
         self.encoder: TextEncoder | None = None
         self.result: TrainResult | None = None
+        self.feature_cache_hits: list[bool] = []
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -190,10 +204,23 @@ class Classifier:
             val_y = [encoded[i] for i in val_idx]
 
         model, spec, encoder = _new_model(cfg, list(label_set.names), train_texts)
-        train_ds = EncodedDataset(encoder.encode(train_texts), train_y)
-        val_ds = EncodedDataset(encoder.encode(val_texts), val_y)
+        freeze_for_mode(model, cfg.mode)
+        spec.mode = cfg.mode
         trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet, precision=spec.precision)
-        self.result = trainer.fit(model, train_ds, val_ds)
+        train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
+        if cfg.mode == "probe":
+            identity = _backbone_identity(spec, cfg.seed)
+            features = []
+            for ids in (train_ids, val_ids):
+                key = feature_key(identity, ids, spec.pooling, spec.padding_side, spec.precision)
+                feats, hit = cached_features(model, ids, key, encoder.pad_token_id, spec.padding_side,
+                                             spec.precision, quiet=quiet)
+                features.append(feats)
+                self.feature_cache_hits.append(hit)
+            self.result = trainer.fit(HeadOnly(model), FeatureDataset(features[0], train_y),
+                                      FeatureDataset(features[1], val_y))
+        else:
+            self.result = trainer.fit(model, EncodedDataset(train_ids, train_y), EncodedDataset(val_ids, val_y))
         model.eval()
         spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
                         "val_macro_f1": self.result.val_metrics.get("macro_f1"),

@@ -43,6 +43,8 @@ class RunConfig(BaseModel):
     model: str = Field(default="scratch", description="scratch, or a pretrained decoder: hub id, folder, .gguf")
     trust_remote_code: bool = Field(default=False, description="allow a hub model's own Python code")
     grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory")
+    mode: str = Field(default="full", pattern=r"^(full|probe|top-[1-9][0-9]*)$",
+                      description="full, probe (frozen backbone, head on cached features) or top-N (last N blocks)")
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto, fp32 or bf16 autocast")
     d_model: int = Field(default=128, gt=0)
     n_layers: int = Field(default=2, ge=1)

@@ -83,6 +83,7 @@ class ModelSpec(BaseModel):
     tokenizer: TokenizerSpec
     temperature: float = Field(default=1.0, gt=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    mode: str = "full"
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -33,6 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 from lastpool.config import RunConfig
 from lastpool.data.batching import EncodedDataset, LengthBucketSampler, TokenDropoutCollator
 from lastpool.evaluation.metrics import classification_metrics
+from lastpool.training.features import FeatureDataset, collate_features
 from lastpool.training.inference import predict_logits, softmax
 
 
@@ -79,16 +80,19 @@ class Trainer:
         self.precision = precision
         self.console = console or Console(stderr=True, soft_wrap=True)
 
-    def fit(self, model: nn.Module, train: EncodedDataset, val: EncodedDataset) -> TrainResult:
+    def fit(self, model: nn.Module, train: EncodedDataset | FeatureDataset,
+            val: EncodedDataset | FeatureDataset) -> TrainResult:
+        """Train ``model`` on token ids, or (a probe) a head on precomputed pooled features."""
         cfg = self.config
+        on_features = isinstance(train, FeatureDataset)
         # bf16 is applied with torch.autocast here rather than Accelerator(mixed_precision=...):
         # Accelerate's process-wide state cannot change precision between two fits in one process.
         accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
         autocast_bf16 = self.precision == "bf16"
         sampler = LengthBucketSampler(train.lengths, cfg.batch_size, seed=cfg.seed, shuffle=True)
-        loader = DataLoader(train, batch_sampler=sampler,
-                            collate_fn=TokenDropoutCollator(self.pad_token_id, cfg.padding_side,
-                                                            rate=cfg.token_dropout, seed=cfg.seed))
+        collate = collate_features if on_features else TokenDropoutCollator(
+            self.pad_token_id, cfg.padding_side, rate=cfg.token_dropout, seed=cfg.seed)
+        loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate)
         steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum)
         total_steps = steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
@@ -118,7 +122,8 @@ class Trainer:
                 for batch in loader:
                     with accelerator.accumulate(model):
                         with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                            logits = model(batch["input_ids"], batch["attention_mask"])
+                            logits = (model(batch["features"]) if on_features
+                                      else model(batch["input_ids"], batch["attention_mask"]))
                         loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and cfg.grad_clip > 0:
@@ -167,7 +172,12 @@ class Trainer:
         accelerator.free_memory()
         return result
 
-    def _evaluate(self, model: nn.Module, val: EncodedDataset) -> dict[str, Any]:
+    def _evaluate(self, model: nn.Module, val: EncodedDataset | FeatureDataset) -> dict[str, Any]:
+        if isinstance(val, FeatureDataset):
+            model.eval()
+            with torch.inference_mode():
+                logits = model(val.features.to(next(model.parameters()).device)).float().cpu().numpy()
+            return evaluate_logits(logits, val.labels, self.label_names)
         logits = predict_logits(model, val.ids, self.pad_token_id, self.config.padding_side,
                                 precision=self.precision)
         return evaluate_logits(logits, val.labels, self.label_names)

@@ -1,0 +1,159 @@
+"""Frozen-backbone probes: pooled features computed once, cached on disk, and a head trained on them.
+
+With the backbone frozen, every epoch would recompute the same pooled vectors; computing them once
+turns minutes of forward passes per epoch into one pass, and the on-disk cache makes a second run (a
+new seed, a new learning rate) start in seconds. The cache key covers everything that changes the
+features: the backbone (its source, file hash and config), the token ids (so data, tokenizer and max
+length), the pooling, the padding side and the precision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from lastpool.data.batching import PaddingCollator, token_budget_batches
+from lastpool.fileio import staged_file
+from lastpool.models.classifier_model import SequenceClassifier
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LASTPOOL_CACHE", "~/.cache/lastpool")).expanduser()
+
+
+class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Pooled feature vectors [N, D] and integer labels; every item has 'length' 1 for the sampler."""
+
+    def __init__(self, features: torch.Tensor, labels: Sequence[int]) -> None:
+        if features.shape[0] != len(labels):
+            raise ValueError("features and labels differ in length")
+        self.features = features
+        self.labels = list(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.features[index], self.labels[index]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [1] * len(self.labels)
+
+
+def collate_features(rows: Sequence[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    return {
+        "features": torch.stack([features for features, _ in rows]),
+        "labels": torch.tensor([label for _, label in rows], dtype=torch.long),
+    }
+
+
+class HeadOnly(nn.Module):
+    """The classifier's own dropout + head (shared modules), applied to precomputed pooled features."""
+
+    def __init__(self, classifier: SequenceClassifier) -> None:
+        super().__init__()
+        self.head_dropout = classifier.head_dropout
+        self.head = classifier.head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_dropout(features))
+
+
+def feature_key(backbone_identity: dict[str, Any], ids: Sequence[list[int]], pooling: str, padding_side: str,
+                precision: str) -> str:
+    """A hash of everything that determines the pooled features."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"backbone": backbone_identity, "pooling": pooling, "padding_side": padding_side,
+                              "precision": precision}, sort_keys=True, default=str).encode())
+    for row in ids:
+        digest.update(len(row).to_bytes(4, "little"))
+        digest.update(torch.tensor(row, dtype=torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.inference_mode()
+def extract_features(model: SequenceClassifier, ids: Sequence[list[int]], pad_token_id: int, padding_side: str,
+                     precision: str, max_tokens: int = 8192, quiet: bool = True) -> torch.Tensor:
+    """Pooled backbone vectors [N, D] in float32, in input order (length-sorted token-budget batches)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    collate = PaddingCollator(pad_token_id, padding_side)
+    batches = token_budget_batches([len(x) for x in ids], max_tokens, max_batch=256)
+    chunks: list[torch.Tensor] = []
+    order: list[int] = []
+    with Progress(disable=quiet, transient=True) as progress:
+        task = progress.add_task("extracting features", total=len(ids))
+        for batch_indices in batches:
+            batch = collate([(ids[i], -1) for i in batch_indices])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                pooled = model.pooled(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            chunks.append(pooled.float().cpu())
+            order.extend(batch_indices)
+            progress.advance(task, len(batch_indices))
+    model.train(was_training)
+    stacked = torch.cat(chunks)
+    result = torch.empty_like(stacked)
+    result[torch.tensor(order)] = stacked
+    return result
+
+
+def cached_features(model: SequenceClassifier, ids: Sequence[list[int]], key: str, pad_token_id: int,
+                    padding_side: str, precision: str, quiet: bool = True,
+                    cache_dir: Path | None = None) -> tuple[torch.Tensor, bool]:
+    """Features from the cache when the key matches, else computed and cached; returns (features, hit)."""
+    path = (cache_dir or cache_root()) / "features" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            features = load_file(str(path))["features"]
+            if features.shape[0] == len(ids):
+                return features, True
+        except Exception:  # noqa: BLE001 - a damaged cache entry is simply recomputed
+            pass
+    features = extract_features(model, ids, pad_token_id, padding_side, precision, quiet=quiet)
+    try:
+        with staged_file(path) as tmp:
+            save_file({"features": features.contiguous()}, str(tmp))
+    except OSError:
+        pass  # an unwritable cache only costs time
+    return features, False
+
+
+def freeze_for_mode(model: SequenceClassifier, mode: str) -> None:
+    """Set requires_grad for ``full`` (everything), ``probe`` (head only) or ``top-N`` (last N blocks,
+    the final norm and the head)."""
+    if mode == "full":
+        model.requires_grad_(True)
+        return
+    model.backbone.requires_grad_(False)
+    model.head.requires_grad_(True)
+    if mode == "probe":
+        return
+    n = int(mode.split("-", 1)[1])
+    base = getattr(model.backbone, "model", model.backbone)
+    blocks = decoder_blocks(base)
+    for block in blocks[-n:]:
+        block.requires_grad_(True)
+    for _, child in base.named_children():
+        if child is blocks or isinstance(child, nn.Embedding) or not any(True for _ in child.parameters()):
+            continue
+        child.requires_grad_(True)  # the final norm (ln_f / norm / final_layer_norm)
+
+
+def decoder_blocks(base: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks: the longest ModuleList directly under the base model."""
+    lists = [child for _, child in base.named_children() if isinstance(child, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"cannot find the decoder blocks of {type(base).__name__}")
+    return max(lists, key=len)
