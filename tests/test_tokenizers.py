@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +96,8 @@ def test_missing_gguf_file(tmp_path: Path) -> None:
 
 def test_hub_id_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.perf_counter()
     with pytest.raises(ModelLoadError) as info:
         load_pretrained_tokenizer("some-org/some-model")
-    assert time.perf_counter() - started < 10
     message = str(info.value)
     assert "some-org/some-model" in message and "unreachable" in message and "\n" not in message
 

@@ -125,6 +125,10 @@ def _from_pretrained(name: str, **kwargs: Any) -> PreTrainedModel:
     common: dict[str, Any] = {"dtype": torch.float32, "output_loading_info": True, **kwargs}
     if "gguf_file" not in kwargs:
         common["use_safetensors"] = True
+    if kwargs.get("local_files_only"):
+        # With peft installed, transformers first looks for an adapter_config.json on the Hub and does
+        # not pass local_files_only on, so an offline hub id would retry the network for ~20 s.
+        common["adapter_kwargs"] = {"local_files_only": True}
     try:
         model, info = AutoModel.from_pretrained(name, attn_implementation="sdpa", **common)
     except ValueError as exc:
