@@ -35,6 +35,10 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "grad_checkpointing": (None, True),  # a switch
     "precision": ("bf16", "bf16"),
     "mode": ("top-2", "top-2"),
+    "lora_r": ("4", 4),
+    "lora_alpha": ("32", 32),
+    "lora_dropout": ("0.1", 0.1),
+    "merge": (None, True),
     "d_model": ("48", 48),
     "n_layers": ("3", 3),
     "n_heads": ("6", 6),

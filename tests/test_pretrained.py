@@ -178,3 +178,40 @@ def test_invalid_mode_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[
     code = main(["train", "--mode", "top-0", "--out", str(tmp_path / "r")])
     assert code == 2
     assert "mode" in capsys.readouterr().err
+
+
+def test_lora_save_load_identical_and_needs_its_base(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path, "llama")
+    texts, labels = demo_sample()
+    clf = Classifier(model=str(folder), mode="lora", lora_r=4, **{**TINY, "lr": 1e-2}).fit(texts, labels)
+    assert clf.model is not None and clf.spec is not None and clf.spec.lora is not None
+    trainable = {n for n, p in clf.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    saved = clf.save(tmp_path / "lora-model")
+    size_adapter = (saved / "model.safetensors").stat().st_size
+    assert size_adapter < (folder / "model.safetensors").stat().st_size  # adapter + head only
+    loaded = Classifier.load(saved)
+    probe = texts[:10]
+    assert np.array_equal(loaded.predict_proba(probe), clf.predict_proba(probe))  # head restored too
+    # Without the base model the folder cannot be used, and the message names what is missing.
+    (folder / "model.safetensors").rename(tmp_path / "moved.safetensors")
+    with pytest.raises(Exception) as excinfo:
+        Classifier.load(saved)
+    assert "needs its base model" in str(excinfo.value) and str(folder) in str(excinfo.value)
+
+
+def test_lora_merge_stores_full_weights(tmp_path: Path, llama_folder: Path) -> None:
+    texts, labels = demo_sample()
+    clf = Classifier(model=str(llama_folder), mode="lora", merge=True, **{**TINY, "lr": 1e-2}).fit(texts, labels)
+    assert clf.spec is not None and clf.spec.lora is not None and clf.spec.lora.merged
+    loaded = Classifier.load(clf.save(tmp_path / "merged"))
+    np.testing.assert_allclose(loaded.predict_proba(texts[:10]), clf.predict_proba(texts[:10]), atol=1e-6)
+    assert loaded.model is not None
+    assert not any("lora_" in n for n, _ in loaded.model.named_parameters())
+
+
+def test_lora_needs_a_pretrained_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--mode", "lora", "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 2
+    assert "needs a pretrained --model" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -27,6 +27,7 @@ from lastpool.fileio import staged_dir
 from lastpool.models.backbones import load_backbone
 from lastpool.models.classifier_model import (
     SPEC_FILE,
+    LoraSpec,
     ModelSpec,
     PretrainedBackboneSpec,
     ScratchBackboneSpec,
@@ -37,6 +38,7 @@ from lastpool.models.classifier_model import (
     save_model,
 )
 from lastpool.models.gpt import GPTConfig
+from lastpool.models.lora import apply_lora, merge_lora
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer, train_bpe
 from lastpool.training.features import FeatureDataset, HeadOnly, cached_features, feature_key, freeze_for_mode
 from lastpool.training.inference import predict_logits, softmax
@@ -204,8 +206,14 @@ class Classifier:
             val_y = [encoded[i] for i in val_idx]
 
         model, spec, encoder = _new_model(cfg, list(label_set.names), train_texts)
-        freeze_for_mode(model, cfg.mode)
         spec.mode = cfg.mode
+        if cfg.mode == "lora":
+            if not isinstance(spec.backbone, PretrainedBackboneSpec):
+                raise ConfigError("--mode lora needs a pretrained --model (a hub id, folder or .gguf file)")
+            apply_lora(model, spec.backbone.model_type, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+            spec.lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        else:
+            freeze_for_mode(model, cfg.mode)
         trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet, precision=spec.precision)
         train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
         if cfg.mode == "probe":
@@ -221,6 +229,9 @@ class Classifier:
                                       FeatureDataset(features[1], val_y))
         else:
             self.result = trainer.fit(model, EncodedDataset(train_ids, train_y), EncodedDataset(val_ids, val_y))
+        if spec.lora is not None and cfg.merge:
+            merge_lora(model)
+            spec.lora.merged = True
         model.eval()
         spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
                         "val_macro_f1": self.result.val_metrics.get("macro_f1"),

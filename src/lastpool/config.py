@@ -43,8 +43,12 @@ class RunConfig(BaseModel):
     model: str = Field(default="scratch", description="scratch, or a pretrained decoder: hub id, folder, .gguf")
     trust_remote_code: bool = Field(default=False, description="allow a hub model's own Python code")
     grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory")
-    mode: str = Field(default="full", pattern=r"^(full|probe|top-[1-9][0-9]*)$",
-                      description="full, probe (frozen backbone, head on cached features) or top-N (last N blocks)")
+    mode: str = Field(default="full", pattern=r"^(full|lora|probe|top-[1-9][0-9]*)$",
+                      description="full, lora, probe (frozen backbone, head on cached features) or top-N")
+    lora_r: int = Field(default=8, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator")
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    merge: bool = Field(default=False, description="LoRA: save merged full weights instead of the adapter")
     precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto, fp32 or bf16 autocast")
     d_model: int = Field(default=128, gt=0)
     n_layers: int = Field(default=2, ge=1)

@@ -67,6 +67,17 @@ class TokenizerSpec(BaseModel):
     pad_token_id: int = Field(ge=0)
 
 
+class LoraSpec(BaseModel):
+    """LoRA settings, so the adapter can be rebuilt identically on the base model at load time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(ge=1)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    merged: bool = False
+
+
 class ModelSpec(BaseModel):
     """Contents of ``lastpool.json``: everything needed to load and use a saved classifier."""
 
@@ -84,6 +95,7 @@ class ModelSpec(BaseModel):
     temperature: float = Field(default=1.0, gt=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
     mode: str = "full"
+    lora: LoraSpec | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -137,10 +149,21 @@ def build_model(spec: ModelSpec, backbone: nn.Module | None = None) -> SequenceC
     )
 
 
+def adapter_only(spec: ModelSpec) -> bool:
+    """An unmerged LoRA model folder holds the adapter and head; the base weights stay with their source."""
+    return spec.lora is not None and not spec.lora.merged
+
+
 def save_model(model: SequenceClassifier, spec: ModelSpec, folder: Path) -> None:
     """Write the spec and safetensors weights into ``folder`` (which the caller makes atomic)."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    if adapter_only(spec):
+        from lastpool.models.lora import trainable_state
+
+        state = trainable_state(model)
+    else:
+        state = model.state_dict()
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "lastpool": __version__})
     (folder / SPEC_FILE).write_text(spec.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
@@ -179,6 +202,8 @@ def load_model(folder: Path) -> tuple[SequenceClassifier, ModelSpec]:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{weights}: corrupt or truncated safetensors file ({exc})") from None
+    if adapter_only(spec):
+        return _load_lora(folder, spec, state), spec
     model = build_model(spec)
     try:
         model.load_state_dict(state, strict=True)
@@ -189,3 +214,29 @@ def load_model(folder: Path) -> tuple[SequenceClassifier, ModelSpec]:
         ) from None
     model.eval()
     return model, spec
+
+
+def _load_lora(folder: Path, spec: ModelSpec, state: dict[str, torch.Tensor]) -> SequenceClassifier:
+    """Base model from its recorded source (checked by sha256 for files), then the adapter and head."""
+    from lastpool.models.backbones import load_backbone
+    from lastpool.models.lora import apply_lora, load_trainable_state
+
+    base = spec.backbone
+    assert isinstance(base, PretrainedBackboneSpec) and spec.lora is not None
+    try:
+        backbone, info = load_backbone(base.source)
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"{folder}: this LoRA model needs its base model {base.source}"
+            f"{f' (sha256 {base.sha256})' if base.sha256 else ''}, which could not be loaded: {exc}"
+        ) from None
+    if base.sha256 and info.get("sha256") != base.sha256:
+        raise ModelLoadError(
+            f"{folder}: base model {base.source} has sha256 {info.get('sha256')}, "
+            f"but the adapter was trained on {base.sha256}"
+        )
+    model = build_model(spec, backbone)
+    apply_lora(model, base.model_type, r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout)
+    load_trainable_state(model, state)
+    model.eval()
+    return model
