@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from lastpool.errors import ModelLoadError
+from lastpool.hub import load_failure, looks_local, offline
 
 GGUF_MAGIC = b"GGUF"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
@@ -149,14 +150,6 @@ def _from_pretrained(name: str, **kwargs: Any) -> PreTrainedModel:
     return model  # already float32 (``dtype``); ``.float()`` is refused on GGUF-loaded models
 
 
-def _offline() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE as set now (1, true, yes, on).
-
-    huggingface_hub reads these once at import; reading them at call time means setting one later still
-    fails fast instead of retrying connections for ~45 s. (Same rule as the tokenizer loader.)
-    """
-    return any(os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def default_cache_dir() -> Path:
@@ -178,18 +171,15 @@ def load_backbone(
             return _load_gguf(path, cache_dir)
         if path.is_dir():
             return _load_folder(path, trust_remote_code)
-        if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        if looks_local(source, path):
             raise ModelLoadError(f"model {source}: not a folder, a .gguf file or a hub id")
-        model = _from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=_offline())
+        model = _from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=offline())
         info = {"kind": "hub", "source": source, "sha256": None, "model_type": model.config.model_type}
         return HFBackbone(model).eval(), info
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers raises many types; the user needs one message
-        offline = _offline() or "connect" in str(exc).lower()
-        hint = " (the Hugging Face Hub is unreachable: pass a local folder or .gguf file)" if offline else ""
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"could not load model {source!r}: {reason}{hint}") from None
+        raise load_failure("model", source, exc) from None
 
 
 def _load_folder(folder: Path, trust_remote_code: bool) -> tuple[HFBackbone, dict[str, Any]]:

@@ -7,7 +7,6 @@ lastpool never uses it to find the pooled token, so tokenizers without a pad tok
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lastpool.errors import ConfigError, ModelLoadError
+from lastpool.hub import load_failure, looks_local, offline
 
 PAD = "<pad>"
 EOS = "<eos>"
@@ -67,25 +67,18 @@ def load_pretrained_tokenizer(source: str, trust_remote_code: bool = False) -> P
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         if path.is_dir():
             return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        if looks_local(source, path):
             raise ModelLoadError(f"tokenizer {source}: not a folder, a .gguf file or a hub id")
         # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it now so that setting it later
         # still means "no network" (instead of ~45 s of connection retries before failing).
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                             local_files_only=_offline())
+                                             local_files_only=offline())
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers raises many types; the user needs one message
-        offline = _offline() or "connect" in str(exc).lower()
-        hint = " (the Hugging Face Hub is unreachable: pass a local folder or .gguf file)" if offline else ""
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelLoadError(f"could not load tokenizer {source!r}: {reason}{hint}") from None
+        raise load_failure("tokenizer", source, exc) from None
 
 
-def _offline() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE as set now (1, true, yes, on)."""
-    return any(os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 class TextEncoder:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,8 @@ from torch.utils.data import Dataset
 
 from lastpool.data.batching import PaddingCollator, token_budget_batches
 from lastpool.fileio import staged_file
+from lastpool.models.backbones import default_cache_dir
 from lastpool.models.classifier_model import SequenceClassifier
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("LASTPOOL_CACHE", "~/.cache/lastpool")).expanduser()
 
 
 class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -113,7 +109,7 @@ def cached_features(model: SequenceClassifier, ids: Sequence[list[int]], key: st
                     padding_side: str, precision: str, quiet: bool = True,
                     cache_dir: Path | None = None) -> tuple[torch.Tensor, bool]:
     """Features from the cache when the key matches, else computed and cached; returns (features, hit)."""
-    path = (cache_dir or cache_root()) / "features" / f"{key}.safetensors"
+    path = (cache_dir or default_cache_dir()) / "features" / f"{key}.safetensors"
     if path.is_file():
         try:
             features = load_file(str(path))["features"]
