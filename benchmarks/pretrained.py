@@ -82,8 +82,9 @@ def run_one(args: argparse.Namespace, mode: str, seed: int, epochs: int, env: di
     out = work / f"run-{tag}"
     cmd = [*lastpool_exe(), "train", "--model", str(args.model), "--mode", mode, "--data", str(args.data),
            "--seed", str(seed), "--out", str(out), "--quiet", "--epochs", str(epochs), *COMMON, *MODE_FLAGS[mode]]
-    if args.max_steps:
-        cmd += ["--max-steps", str(args.max_steps)]
+    max_steps = getattr(args, f"max_steps_{mode}") or args.max_steps
+    if max_steps:
+        cmd += ["--max-steps", str(max_steps)]
     log = work / f"{tag}.log"
     code, seconds, rss = timed(cmd, env, log)
     if code != 0:
@@ -163,7 +164,7 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
             mean_std(accs),
             mean_std([r["macro_f1"] for r in ok]),
             f"{statistics.mean(r['seconds'] for r in sel):.1f}",
-            f"{statistics.mean(sps):.3f}" if sps else "-",
+            f"{statistics.mean(sps):.3g}" if sps else "-",
             f"{max(rss):.0f}" if rss else "-",
         ])
     header = ["mode", "seeds", "epochs", "val accuracy (mean ± std)", "val macro-F1 (mean ± std)",
@@ -177,8 +178,10 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
             cut.append(f"{epochs} epoch{'s' if epochs != 1 else ''} instead of {PROTOCOL['epochs'][mode]}")
         if cut:
             deviations.append(f"{mode}: " + ", ".join(cut))
-    if args.max_steps:
-        deviations.append(f"all modes stopped after --max-steps {args.max_steps}")
+    for mode in args.modes:
+        max_steps = getattr(args, f"max_steps_{mode}") or args.max_steps
+        if max_steps:
+            deviations.append(f"{mode}: stopped after --max-steps {max_steps} optimizer steps")
     missing = [m for m in MODES if m not in args.modes]
     if missing:
         deviations.append("not run: " + ", ".join(missing))
@@ -264,6 +267,8 @@ def main() -> None:
         parser.add_argument(f"--epochs-{mode}", type=int, default=PROTOCOL["epochs"][mode],
                             help=f"[{PROTOCOL['epochs'][mode]}]")
     parser.add_argument("--max-steps", type=int, default=None, help="pass --max-steps to every run (smoke tests)")
+    for mode in MODES:
+        parser.add_argument(f"--max-steps-{mode}", type=int, default=None, help=f"--max-steps for {mode} runs only")
     parser.add_argument("--no-cached-probe", action="store_true", help="skip the extra cached-features probe run")
     parser.add_argument("--cache", type=Path, default=None, help="LASTPOOL_CACHE to use (default: a temp dir)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
@@ -310,8 +315,9 @@ def main() -> None:
                         args.keep_logs.mkdir(parents=True, exist_ok=True)
                         shutil.copy(work / f"{mode}-s{seed}.log", args.keep_logs / f"{mode}-s{seed}.log")
                     publish(False)
-                if mode == "probe" and not args.no_cached_probe:
-                    r = run_one(args, mode, 0, epochs, env, work, cold=False)
+                if mode == "probe" and n_seeds and not args.no_cached_probe:
+                    # features are keyed by the split (hence the seed): only the last seed's are still cached
+                    r = run_one(args, mode, n_seeds - 1, epochs, env, work, cold=False)
                     runs.append(r)
                     print(json.dumps({k: v for k, v in r.items() if k not in ("error", "cmd")}), flush=True)
                     publish(False)

@@ -217,16 +217,21 @@ class Classifier:
         trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet, precision=spec.precision)
         train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
         if cfg.mode == "probe":
-            identity = _backbone_identity(spec, cfg.seed)
-            features = []
-            for ids in (train_ids, val_ids):
-                key = feature_key(identity, ids, spec.pooling, spec.padding_side, spec.precision)
-                feats, hit = cached_features(model, ids, key, encoder.pad_token_id, spec.padding_side,
-                                             spec.precision, quiet=quiet)
-                features.append(feats)
-                self.feature_cache_hits.append(hit)
-            self.result = trainer.fit(HeadOnly(model), FeatureDataset(features[0], train_y),
-                                      FeatureDataset(features[1], val_y))
+            # One cache entry for all texts in a canonical order, so every seed's split (and every
+            # fold) reuses the same features instead of extracting them again.
+            all_ids = train_ids + val_ids
+            order = sorted(range(len(all_ids)), key=lambda i: all_ids[i])
+            canonical = [all_ids[i] for i in order]
+            key = feature_key(_backbone_identity(spec, cfg.seed), canonical, spec.pooling, spec.padding_side,
+                              spec.precision)
+            feats, hit = cached_features(model, canonical, key, encoder.pad_token_id, spec.padding_side,
+                                         spec.precision, quiet=quiet)
+            self.feature_cache_hits.append(hit)
+            by_input = torch.empty_like(feats)
+            by_input[torch.tensor(order)] = feats
+            n = len(train_ids)
+            self.result = trainer.fit(HeadOnly(model), FeatureDataset(by_input[:n], train_y),
+                                      FeatureDataset(by_input[n:], val_y))
         else:
             self.result = trainer.fit(model, EncodedDataset(train_ids, train_y), EncodedDataset(val_ids, val_y))
         if spec.lora is not None and cfg.merge:
