@@ -33,10 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_section  # benchmarks/ is on sys.path when run as a script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "financial_phrasebank" / "sentences_allagree.txt"
-RESULTS = REPO / "docs" / "BENCHMARKS.md"
 MARK_BEGIN, MARK_END = "<!-- pretrained:begin -->", "<!-- pretrained:end -->"
 TIME = "/usr/bin/time"
 
@@ -244,16 +245,7 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
 
 
 def write_block(block: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        start, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
-        text = text[:start] + block + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, RESULTS)
+    write_section(block, MARK_BEGIN, MARK_END)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
+from _results import write_section  # benchmarks/ is on sys.path when run as a script
 
 from lastpool.cli import main as lastpool_main
 from lastpool.data.labels import LabelSet
@@ -38,7 +39,6 @@ from lastpool.text.tokenizers import TextEncoder, train_bpe
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "financial_phrasebank" / "sentences_allagree.txt"
 SEED_CONFIG = REPO / "configs" / "seed.yaml"
-RESULTS = REPO / "docs" / "BENCHMARKS.md"
 MARK_BEGIN, MARK_END = "<!-- seed_repro:begin -->", "<!-- seed_repro:end -->"
 
 
@@ -206,15 +206,7 @@ def main() -> None:
 
 
 def write_block(block: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        start, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
-        text = text[:start] + block + text[end:]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(RESULTS)
+    write_section(block, MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":
