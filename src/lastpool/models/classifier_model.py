@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoConfig
 
 from lastpool.errors import ModelLoadError
-from lastpool.models.backbones import HFBackbone, backbone_from_config
+from lastpool.models.backbones import PICKLE_SUFFIXES, HFBackbone, backbone_from_config
 from lastpool.models.gpt import GPTBackbone, GPTConfig, position_ids_from_mask
 from lastpool.models.pooling import Pooler, PoolingName
 from lastpool.version import __version__
@@ -183,7 +183,7 @@ def read_spec(folder: Path) -> ModelSpec:
 
 def refuse_pickles(folder: Path) -> None:
     """Weights are read only from safetensors; a folder carrying pickled weights is refused outright."""
-    suspicious = [p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    suspicious = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if suspicious:
         raise ModelLoadError(
             f"{folder}: refusing to load a model folder that contains pickle files ({', '.join(suspicious)}); "

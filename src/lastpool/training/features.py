@@ -21,10 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
-from lastpool.data.batching import PaddingCollator, token_budget_batches
 from lastpool.fileio import staged_file
 from lastpool.models.backbones import default_cache_dir
 from lastpool.models.classifier_model import SequenceClassifier
+from lastpool.training.inference import batched_forward
 
 
 class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -78,31 +78,13 @@ def feature_key(backbone_identity: dict[str, Any], ids: Sequence[list[int]], poo
     return digest.hexdigest()
 
 
-@torch.inference_mode()
 def extract_features(model: SequenceClassifier, ids: Sequence[list[int]], pad_token_id: int, padding_side: str,
                      precision: str, max_tokens: int = 8192, quiet: bool = True) -> torch.Tensor:
     """Pooled backbone vectors [N, D] in float32, in input order (length-sorted token-budget batches)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    collate = PaddingCollator(pad_token_id, padding_side)
-    batches = token_budget_batches([len(x) for x in ids], max_tokens, max_batch=256)
-    chunks: list[torch.Tensor] = []
-    order: list[int] = []
     with Progress(disable=quiet, transient=True) as progress:
         task = progress.add_task("extracting features", total=len(ids))
-        for batch_indices in batches:
-            batch = collate([(ids[i], -1) for i in batch_indices])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                pooled = model.pooled(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            chunks.append(pooled.float().cpu())
-            order.extend(batch_indices)
-            progress.advance(task, len(batch_indices))
-    model.train(was_training)
-    stacked = torch.cat(chunks)
-    result = torch.empty_like(stacked)
-    result[torch.tensor(order)] = stacked
-    return result
+        return batched_forward(model, model.pooled, ids, pad_token_id, padding_side, precision,
+                               max_tokens=max_tokens, on_batch=lambda n: progress.advance(task, n))
 
 
 def cached_features(model: SequenceClassifier, ids: Sequence[list[int]], key: str, pad_token_id: int,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -12,37 +12,51 @@ from lastpool.data.batching import PaddingCollator, token_budget_batches
 
 
 @torch.inference_mode()
-def predict_logits(
+def batched_forward(
     model: nn.Module,
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ids: Sequence[list[int]],
     pad_token_id: int,
     padding_side: str = "right",
+    precision: str = "fp32",
     max_tokens: int = 16384,
     max_batch: int = 256,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-) -> np.ndarray:
-    """Logits [N, C] in the input order; texts of similar length are batched together."""
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """``forward(input_ids, attention_mask)`` over length-sorted token-budget batches, in eval mode;
+    float32 rows [N, ...] on the CPU, in the input order. ``on_batch`` gets each batch's size."""
     was_training = model.training
     model.eval()
-    if device is None:
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device
     collate = PaddingCollator(pad_token_id, padding_side)
     outputs: list[torch.Tensor] = []
     order: list[int] = []
     for batch_indices in token_budget_batches([len(x) for x in ids], max_tokens, max_batch):
         batch = collate([(ids[i], -1) for i in batch_indices])
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        outputs.append(logits.float().cpu())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            result = forward(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        outputs.append(result.float().cpu())
         order.extend(batch_indices)
+        if on_batch is not None:
+            on_batch(len(batch_indices))
     model.train(was_training)
-    if not outputs:
+    stacked = torch.cat(outputs)
+    in_order = torch.empty_like(stacked)
+    in_order[torch.tensor(order)] = stacked
+    return in_order
+
+
+def predict_logits(
+    model: nn.Module,
+    ids: Sequence[list[int]],
+    pad_token_id: int,
+    padding_side: str = "right",
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Logits [N, C] in the input order; texts of similar length are batched together."""
+    if not ids:
         return np.zeros((0, 0), dtype=np.float32)
-    stacked = torch.cat(outputs).numpy()
-    result = np.empty_like(stacked)
-    result[np.asarray(order)] = stacked
-    return result
+    return batched_forward(model, model, ids, pad_token_id, padding_side, precision).numpy()
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
