@@ -30,6 +30,8 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "lowercase": (None, True),  # a switch: --lowercase / --no-lowercase
     "max_length": ("40", 40),
     "padding_side": ("left", "left"),
+    "prompt": ("Text: {text} Label:", "Text: {text} Label:"),
+    "layer": ("5", 5),
     "model": ("some/model", "some/model"),
     "trust_remote_code": (None, True),  # a switch
     "grad_checkpointing": (None, True),  # a switch

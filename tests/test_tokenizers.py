@@ -151,3 +151,27 @@ def test_tokenizer_without_pad_token(texts: list[str], tmp_path: Path) -> None:
         # ... and the saved model, pad-less tokenizer included, loads and predicts the same.
         saved = clf.save(tmp_path / f"model-{side}")
         assert np.array_equal(Classifier.load(saved).logits(sample), batched)
+
+
+@pytest.mark.slow
+def test_gguf_tokenizer_is_parsed_once_then_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not GGUF.is_file():
+        pytest.skip(f"{GGUF} is not available")
+    monkeypatch.setenv("LASTPOOL_CACHE", str(tmp_path))
+    first = load_pretrained_tokenizer(str(GGUF))
+    entries = list((tmp_path / "gguf").glob("*.tokenizer"))
+    assert len(entries) == 1 and (entries[0] / "tokenizer.json").is_file()
+
+    import transformers
+
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def no_gguf(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        assert "gguf_file" not in kwargs, "the GGUF file was parsed again"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_gguf)
+    second = load_pretrained_tokenizer(str(GGUF))
+    texts = ["Operating profit rose to EUR 13.1 mn .", "Ääni – ü 1,5 %", "<|im_end|> ends here"]
+    assert first(texts)["input_ids"] == second(texts)["input_ids"]
+    assert (second.pad_token_id, second.eos_token_id) == (first.pad_token_id, first.eos_token_id)

@@ -24,7 +24,7 @@ from lastpool.data.split import stratified_split
 from lastpool.errors import ConfigError, DataError, ModelLoadError
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.fileio import staged_dir
-from lastpool.models.backbones import load_backbone
+from lastpool.models.backbones import load_backbone, truncate_backbone
 from lastpool.models.classifier_model import (
     SPEC_FILE,
     LoraSpec,
@@ -40,7 +40,15 @@ from lastpool.models.classifier_model import (
 from lastpool.models.gpt import GPTConfig
 from lastpool.models.lora import apply_lora, merge_lora
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer, train_bpe
-from lastpool.training.features import FeatureDataset, HeadOnly, cached_features, feature_key, freeze_for_mode
+from lastpool.training.features import (
+    FeatureDataset,
+    HeadOnly,
+    cached_features,
+    feature_key,
+    fold_standardization,
+    freeze_for_mode,
+    standardizer,
+)
 from lastpool.training.inference import predict_logits, softmax
 from lastpool.training.trainer import Trainer, TrainResult
 
@@ -107,14 +115,19 @@ def _new_model(
             source=cfg.model, kind=info["kind"], model_type=info["model_type"], sha256=info.get("sha256"),
             config={key: value for key, value in json.loads(backbone.config.to_json_string(use_diff=False)).items()
                     if not key.startswith("_")},  # drop _name_or_path & co: local paths, not architecture
+            layer=cfg.layer,
         )
+        if cfg.layer is not None:
+            truncate_backbone(backbone, cfg.layer)
     else:
+        if cfg.layer is not None:
+            raise ConfigError("--layer applies to pretrained models; a from-scratch model sets --n-layers instead")
         if cfg.tokenizer in ("auto", "bpe"):
             tokenizer = train_bpe(train_texts, cfg.vocab_size, lowercase=cfg.lowercase)
             tok_type, tok_source = "bpe", None
         else:
             tokenizer = load_pretrained_tokenizer(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
-    encoder = TextEncoder(tokenizer, cfg.max_length)
+    encoder = TextEncoder(tokenizer, cfg.max_length, cfg.prompt)
     if not pretrained:
         backbone_spec = ScratchBackboneSpec(
             config=GPTConfig(
@@ -129,6 +142,7 @@ def _new_model(
         labels=label_names,
         max_length=cfg.max_length,
         padding_side=cfg.padding_side,
+        prompt=cfg.prompt,
         tokenizer=TokenizerSpec(type=tok_type, source=tok_source, vocab_size=encoder.vocab_size,
                                 pad_token_id=encoder.pad_token_id),
         precision=resolve_precision(cfg.precision, pretrained),
@@ -230,8 +244,11 @@ class Classifier:
             by_input = torch.empty_like(feats)
             by_input[torch.tensor(order)] = feats
             n = len(train_ids)
-            self.result = trainer.fit(HeadOnly(model), FeatureDataset(by_input[:n], train_y),
-                                      FeatureDataset(by_input[n:], val_y))
+            mean, std = standardizer(by_input[:n])
+            standardized = (by_input - mean) / std
+            self.result = trainer.fit(HeadOnly(model), FeatureDataset(standardized[:n], train_y),
+                                      FeatureDataset(standardized[n:], val_y))
+            fold_standardization(model.head, mean, std)
         else:
             self.result = trainer.fit(model, EncodedDataset(train_ids, train_y), EncodedDataset(val_ids, val_y))
         if spec.lora is not None and cfg.merge:
@@ -302,7 +319,7 @@ class Classifier:
         """Load a model folder or a run directory."""
         folder = resolve_model_folder(path)
         model, spec = load_model(folder)
-        encoder = TextEncoder.load(folder, spec.max_length)
+        encoder = TextEncoder.load(folder, spec.max_length, spec.prompt)
         if encoder.vocab_size > spec.tokenizer.vocab_size:
             raise ModelLoadError(
                 f"{folder}: tokenizer has {encoder.vocab_size} tokens but the model was built for "

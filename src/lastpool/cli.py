@@ -57,9 +57,11 @@ def train(
     lowercase: Annotated[bool | None, typer.Option("--lowercase/--no-lowercase", help="BPE: fold case [off]", rich_help_panel=TOK)] = None,  # noqa: E501
     max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens [64]", rich_help_panel=TOK)] = None,  # noqa: E501
     padding_side: Annotated[str | None, typer.Option(help="right or left [right]", rich_help_panel=TOK)] = None,
+    prompt: Annotated[str | None, typer.Option(help="template around each text, with {text} once, e.g. $'{text}\\nSentiment:' (kept whole when a text is cut) [{text}]", rich_help_panel=TOK)] = None,  # noqa: E501
     model: Annotated[str | None, typer.Option(help="scratch, or a pretrained decoder: hub id, local folder or .gguf file [scratch]", rich_help_panel=MODEL)] = None,  # noqa: E501
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="run a hub model's own code [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
     grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="recompute activations to save memory [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    layer: Annotated[int | None, typer.Option(help="pretrained: pool the hidden states after this block; later blocks and the final norm are dropped [all]", rich_help_panel=MODEL)] = None,  # noqa: E501
     mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features) or top-N (train the last N blocks) [full]", rich_help_panel=OPT)] = None,  # noqa: E501
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank [8]", rich_help_panel=OPT)] = None,
     lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha [16]", rich_help_panel=OPT)] = None,

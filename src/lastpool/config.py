@@ -38,11 +38,14 @@ class RunConfig(BaseModel):
     lowercase: bool = Field(default=False, description="BPE: fold case before tokenizing")
     max_length: int = Field(default=64, ge=2, description="truncate texts to this many tokens")
     padding_side: Literal["right", "left"] = Field(default="right", description="where batches are padded")
+    prompt: str = Field(default="{text}", description="template around each text, e.g. '{text}\\nSentiment:'")
 
     # model
     model: str = Field(default="scratch", description="scratch, or a pretrained decoder: hub id, folder, .gguf")
     trust_remote_code: bool = Field(default=False, description="allow a hub model's own Python code")
     grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory")
+    layer: int | None = Field(default=None, ge=1,
+                              description="pretrained: pool the hidden states after this block (later ones dropped)")
     mode: str = Field(default="full", pattern=r"^(full|lora|probe|top-[1-9][0-9]*)$",
                       description="full, lora, probe (frozen backbone, head on cached features) or top-N")
     lora_r: int = Field(default=8, ge=1, description="LoRA rank")
@@ -81,6 +84,8 @@ class RunConfig(BaseModel):
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.context_length is not None and self.context_length < self.max_length:
             raise ValueError(f"context_length ({self.context_length}) is below max_length ({self.max_length})")
+        if self.prompt.count("{text}") != 1:
+            raise ValueError(f"prompt must contain {{text}} exactly once (got {self.prompt!r})")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels contain duplicates")
         return self

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
-from lastpool.errors import ModelLoadError
+from lastpool.errors import ConfigError, ModelLoadError
 from lastpool.hub import load_failure, looks_local, offline
 
 GGUF_MAGIC = b"GGUF"
@@ -75,6 +75,64 @@ def hidden_size_of(config: PretrainedConfig) -> int:
         if isinstance(value, int) and value > 0:
             return value
     raise ModelLoadError(f"cannot tell the hidden size of a {config.model_type!r} model from its config")
+
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def decoder_blocks(base: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks: the longest ModuleList directly under the base model."""
+    lists = [child for _, child in base.named_children() if isinstance(child, nn.ModuleList)]
+    if not lists:
+        raise ModelLoadError(f"cannot find the decoder blocks of {type(base).__name__}")
+    return max(lists, key=len)
+
+
+def final_norm_name(base: nn.Module) -> str:
+    """Attribute name of the norm after the last block (``norm``, ``ln_f``, ``final_layer_norm``...):
+    the one child with weights that is neither an embedding nor the block stack."""
+    blocks = decoder_blocks(base)
+    names = [name for name, child in base.named_children()
+             if child is not blocks and not isinstance(child, nn.Embedding) and any(True for _ in child.parameters())]
+    if len(names) != 1:
+        raise ModelLoadError(f"cannot tell the final norm of {type(base).__name__} (candidates: {names})")
+    return names[0]
+
+
+def truncated_config(config: PretrainedConfig, layer: int) -> PretrainedConfig:
+    """A copy of ``config`` with ``layer`` blocks (per-layer lists such as ``layer_types`` cut to match)."""
+    config = copy.deepcopy(config)
+    total = num_blocks(config)
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(getattr(config, key, None), int):
+            setattr(config, key, layer)
+    for key, value in list(vars(config).items()):
+        if isinstance(value, list) and len(value) == total and key.startswith("layer"):
+            setattr(config, key, value[:layer])
+    return config
+
+
+def num_blocks(config: PretrainedConfig) -> int:
+    for key in LAYER_COUNT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise ModelLoadError(f"cannot tell the number of layers of a {config.model_type!r} model from its config")
+
+
+def truncate_backbone(backbone: HFBackbone, layer: int) -> HFBackbone:
+    """Keep blocks 1..``layer`` and drop the final norm, so the backbone returns the raw hidden states
+    after block ``layer``. Middle layers of a pretrained decoder often classify better than the last
+    (which is shaped for next-token prediction), and the dropped blocks cost nothing to run."""
+    base = backbone.model
+    blocks = decoder_blocks(base)
+    if not 1 <= layer <= len(blocks):
+        raise ConfigError(f"layer must be between 1 and {len(blocks)} for this model (got {layer})")
+    norm = final_norm_name(base)
+    del blocks[layer:]
+    base.config = truncated_config(base.config, layer) if num_blocks(base.config) != layer else base.config
+    setattr(base, norm, nn.Identity())
+    return backbone
 
 
 def sha256_file(path: Path | str) -> str:

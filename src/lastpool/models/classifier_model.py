@@ -17,9 +17,16 @@ from torch import nn
 from transformers import AutoConfig
 
 from lastpool.errors import ModelLoadError
-from lastpool.models.backbones import PICKLE_SUFFIXES, HFBackbone, backbone_from_config
+from lastpool.models.backbones import (
+    PICKLE_SUFFIXES,
+    HFBackbone,
+    backbone_from_config,
+    truncate_backbone,
+    truncated_config,
+)
 from lastpool.models.gpt import GPTBackbone, GPTConfig, position_ids_from_mask
 from lastpool.models.pooling import Pooler, PoolingName
+from lastpool.text.tokenizers import TEXT_SLOT
 from lastpool.version import __version__
 
 SPEC_FILE = "lastpool.json"
@@ -51,6 +58,7 @@ class PretrainedBackboneSpec(BaseModel):
     model_type: str
     sha256: str | None = None
     config: dict[str, Any]
+    layer: int | None = Field(default=None, ge=1)  # pool after this block; later blocks and final norm dropped
 
 
 BackboneSpec = Annotated[ScratchBackboneSpec | PretrainedBackboneSpec, Field(discriminator="type")]
@@ -91,6 +99,7 @@ class ModelSpec(BaseModel):
     labels: list[str] = Field(min_length=2)
     max_length: int = Field(gt=0)
     padding_side: Literal["right", "left"] = "right"
+    prompt: str = TEXT_SLOT
     tokenizer: TokenizerSpec
     temperature: float = Field(default=1.0, gt=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -132,7 +141,9 @@ def build_backbone(spec: ScratchBackboneSpec | PretrainedBackboneSpec) -> GPTBac
         config = AutoConfig.for_model(model_type, **values)
     except (ValueError, KeyError) as exc:
         raise ModelLoadError(f"unknown or unsupported model_type {model_type!r} in {SPEC_FILE} ({exc})") from None
-    return backbone_from_config(config)
+    if spec.layer is None:
+        return backbone_from_config(config)
+    return truncate_backbone(backbone_from_config(truncated_config(config, spec.layer)), spec.layer)
 
 
 def build_model(spec: ModelSpec, backbone: nn.Module | None = None) -> SequenceClassifier:
@@ -235,6 +246,8 @@ def _load_lora(folder: Path, spec: ModelSpec, state: dict[str, torch.Tensor]) ->
             f"{folder}: base model {base.source} has sha256 {info.get('sha256')}, "
             f"but the adapter was trained on {base.sha256}"
         )
+    if base.layer is not None:
+        truncate_backbone(backbone, base.layer)
     model = build_model(spec, backbone)
     apply_lora(model, base.model_type, r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout)
     load_trainable_state(model, state)

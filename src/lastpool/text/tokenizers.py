@@ -64,7 +64,7 @@ def load_pretrained_tokenizer(source: str, trust_remote_code: bool = False) -> P
         if path.suffix.lower() == ".gguf":
             if not path.is_file():
                 raise ModelLoadError(f"tokenizer file {source} does not exist")
-            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            return _gguf_tokenizer(path)
         if path.is_dir():
             return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         if looks_local(source, path):
@@ -81,14 +81,58 @@ def load_pretrained_tokenizer(source: str, trust_remote_code: bool = False) -> P
 
 
 
-class TextEncoder:
-    """A tokenizer plus the truncation length: texts in, lists of token ids out."""
+TEXT_SLOT = "{text}"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+
+def check_prompt(prompt: str) -> str:
+    """A prompt template must hold the text slot exactly once."""
+    if prompt.count(TEXT_SLOT) != 1:
+        raise ConfigError(f"prompt must contain {TEXT_SLOT} exactly once (got {prompt!r})")
+    return prompt
+
+
+def _gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer inside a GGUF file; parsed once (about 6 s), then read from the cache beside the
+    dequantized weights (``$LASTPOOL_CACHE/gguf/<sha256>.tokenizer``) in well under a second."""
+    from lastpool.fileio import staged_dir
+    from lastpool.models.backbones import default_cache_dir, sha256_file
+
+    if not path.is_file():
+        raise ModelLoadError(f"tokenizer file {path} does not exist")
+    cached = default_cache_dir() / "gguf" / f"{sha256_file(path)}.tokenizer"
+    if (cached / "tokenizer.json").is_file():
+        try:
+            return AutoTokenizer.from_pretrained(str(cached))
+        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt from the GGUF file
+            pass
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        with staged_dir(cached, replace=True) as tmp:
+            tokenizer.save_pretrained(str(tmp))
+    except OSError:
+        pass  # an unwritable cache only costs time
+    return tokenizer
+
+
+class TextEncoder:
+    """A tokenizer, the truncation length and a prompt template: texts in, lists of token ids out.
+
+    The prompt wraps each text (``"{text}\nSentiment:"``), so that a pretrained decoder's last token is
+    a question about the text rather than its final word; when a text is too long, the text is cut and
+    the prompt kept whole, since the last token is the one that is pooled.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, prompt: str = TEXT_SLOT) -> None:
         if max_length < 2:
             raise ConfigError(f"max_length must be at least 2 (got {max_length})")
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.prompt = check_prompt(prompt)
+        if prompt != TEXT_SLOT:
+            empty = len(self._ids([self._wrap("")])[0])
+            if empty >= max_length:
+                raise ConfigError(f"the prompt alone is {empty} tokens, leaving no room for text within "
+                                  f"max_length {max_length}: shorten the prompt or raise --max-length")
 
     @property
     def vocab_size(self) -> int:
@@ -102,29 +146,45 @@ class TextEncoder:
                 return int(candidate)
         return 0
 
+    def _wrap(self, text: str) -> str:
+        return self.prompt.replace(TEXT_SLOT, text)
+
+    def _ids(self, texts: list[str], truncate: bool = False) -> list[list[int]]:
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=truncate,
+                                 max_length=self.max_length if truncate else None, padding=False,
+                                 return_attention_mask=False)
+        return [list(ids) for ids in encoded["input_ids"]]
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, special tokens added, truncated to ``max_length``; no padding."""
+        """Token ids per text, prompt and special tokens added, at most ``max_length``; no padding."""
         if not texts:
             return []
-        encoded = self.tokenizer(
-            list(texts),
-            add_special_tokens=True,
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-        )
-        return [list(ids) for ids in encoded["input_ids"]]
+        if self.prompt == TEXT_SLOT:
+            return self._ids(list(texts), truncate=True)
+        rows = self._ids([self._wrap(text) for text in texts])
+        return [ids if len(ids) <= self.max_length else self._cut_to_fit(text, len(ids))
+                for text, ids in zip(texts, rows, strict=True)]
+
+    def _cut_to_fit(self, text: str, length: int) -> list[int]:
+        """Drop tokens from the end of the text (not of the prompt) until the whole fits."""
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        keep = len(offsets) - (length - self.max_length)
+        while True:
+            cut = text[: offsets[keep - 1][1]] if keep > 0 else ""
+            ids = self._ids([self._wrap(cut)])[0]
+            if len(ids) <= self.max_length or keep <= 0:
+                return ids[: self.max_length]
+            keep -= 1
 
     def save(self, folder: Path) -> None:
         self.tokenizer.save_pretrained(str(folder))
 
     @classmethod
-    def load(cls, folder: Path, max_length: int) -> TextEncoder:
+    def load(cls, folder: Path, max_length: int, prompt: str = TEXT_SLOT) -> TextEncoder:
         if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
             raise ModelLoadError(f"{folder}: tokenizer files are missing (expected tokenizer.json)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"{folder}: could not load the saved tokenizer ({exc})") from None
-        return cls(tokenizer, max_length)
+        return cls(tokenizer, max_length, prompt)

@@ -9,6 +9,7 @@ length), the pooling, the padding side and the precision.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -22,9 +23,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lastpool.fileio import staged_file
-from lastpool.models.backbones import default_cache_dir
+from lastpool.models.backbones import decoder_blocks, default_cache_dir
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.training.inference import batched_forward
+
+FEATURE_METHOD = 2  # bump when extraction changes numerically (2: bf16 weights instead of autocast)
 
 
 class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -66,12 +69,32 @@ class HeadOnly(nn.Module):
         return self.head(self.head_dropout(features))
 
 
+def standardizer(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of the training features (std 1 where a dimension is constant).
+
+    A pretrained decoder's hidden states have a few huge dimensions (hundreds of times the rest); a
+    head trained on raw features is dominated by them. Training on standardized features, then folding
+    the scaling into the head, gives a plain linear head that reads every dimension.
+    """
+    mean = features.mean(dim=0)
+    std = features.std(dim=0, unbiased=False)
+    return mean, torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
+@torch.no_grad()
+def fold_standardization(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Make ``head(x)`` equal the trained ``head((x - mean) / std)``, so raw features go in at inference."""
+    weight = head.weight / std
+    head.bias.copy_(head.bias - weight @ mean)
+    head.weight.copy_(weight)
+
+
 def feature_key(backbone_identity: dict[str, Any], ids: Sequence[list[int]], pooling: str, padding_side: str,
                 precision: str) -> str:
     """A hash of everything that determines the pooled features."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"backbone": backbone_identity, "pooling": pooling, "padding_side": padding_side,
-                              "precision": precision}, sort_keys=True, default=str).encode())
+                              "precision": precision, "method": FEATURE_METHOD}, sort_keys=True, default=str).encode())
     for row in ids:
         digest.update(len(row).to_bytes(4, "little"))
         digest.update(torch.tensor(row, dtype=torch.int64).numpy().tobytes())
@@ -79,11 +102,20 @@ def feature_key(backbone_identity: dict[str, Any], ids: Sequence[list[int]], poo
 
 
 def extract_features(model: SequenceClassifier, ids: Sequence[list[int]], pad_token_id: int, padding_side: str,
-                     precision: str, max_tokens: int = 8192, quiet: bool = True) -> torch.Tensor:
-    """Pooled backbone vectors [N, D] in float32, in input order (length-sorted token-budget batches)."""
+                     precision: str, max_tokens: int = 2048, quiet: bool = True) -> torch.Tensor:
+    """Pooled backbone vectors [N, D] in float32, in input order (length-sorted token-budget batches).
+
+    In bf16 the passes run on a bf16 copy of the model: autocast would cast every frozen weight again
+    for every batch (about a third of the time on a CPU); the copy is dropped afterwards, so the saved
+    model keeps its float32 weights.
+    """
+    runner = model
+    if precision == "bf16":
+        runner = copy.deepcopy(model).to(torch.bfloat16)
+        precision = "fp32"  # no autocast: the weights already are bf16
     with Progress(disable=quiet, transient=True) as progress:
         task = progress.add_task("extracting features", total=len(ids))
-        return batched_forward(model, model.pooled, ids, pad_token_id, padding_side, precision,
+        return batched_forward(runner, runner.pooled, ids, pad_token_id, padding_side, precision,
                                max_tokens=max_tokens, on_batch=lambda n: progress.advance(task, n))
 
 
@@ -127,11 +159,3 @@ def freeze_for_mode(model: SequenceClassifier, mode: str) -> None:
         if child is blocks or isinstance(child, nn.Embedding) or not any(True for _ in child.parameters()):
             continue
         child.requires_grad_(True)  # the final norm (ln_f / norm / final_layer_norm)
-
-
-def decoder_blocks(base: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks: the longest ModuleList directly under the base model."""
-    lists = [child for _, child in base.named_children() if isinstance(child, nn.ModuleList)]
-    if not lists:
-        raise ValueError(f"cannot find the decoder blocks of {type(base).__name__}")
-    return max(lists, key=len)

@@ -19,7 +19,7 @@ def batched_forward(
     pad_token_id: int,
     padding_side: str = "right",
     precision: str = "fp32",
-    max_tokens: int = 16384,
+    max_tokens: int = 2048,
     max_batch: int = 256,
     on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
