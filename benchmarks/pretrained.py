@@ -41,16 +41,22 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "financial_phrasebank" / "sente
 MARK_BEGIN, MARK_END = "<!-- pretrained:begin -->", "<!-- pretrained:end -->"
 TIME = "/usr/bin/time"
 
-MODES = ("probe", "lora", "full")
-PROTOCOL = {"seeds": 3, "epochs": {"probe": 40, "lora": 2, "full": 2}}
-COMMON = ["--max-length", "64", "--batch-size", "16", "--precision", "auto"]
+MODES = ("probe", "lora", "full", "trainer")
+PROTOCOL = {"seeds": 3, "epochs": {"probe": 40, "lora": 2, "full": 2, "trainer": 2}}
+PROMPT = "{text}\nSentiment:"
+COMMON = ["--max-length", "64", "--batch-size", "16", "--precision", "auto", "--prompt", PROMPT, "--layer", "22"]
+FULL_LR = "5e-5"
 MODE_FLAGS = {
     "probe": ["--lr", "3e-3", "--weight-decay", "0", "--label-smoothing", "0", "--token-dropout", "0"],
-    "lora": ["--lr", "5e-4", "--lora-r", "8", "--lora-alpha", "16", "--warmup", "0.05", "--label-smoothing", "0",
+    "lora": ["--lr", "1e-3", "--lora-r", "16", "--lora-alpha", "32", "--warmup", "0.1", "--label-smoothing", "0",
              "--token-dropout", "0", "--weight-decay", "0"],
-    "full": ["--lr", "3e-5", "--warmup", "0.05", "--label-smoothing", "0", "--token-dropout", "0",
+    "full": ["--lr", FULL_LR, "--warmup", "0.1", "--label-smoothing", "0", "--token-dropout", "0",
              "--weight-decay", "0.01"],
+    # transformers AutoModelForSequenceClassification + Trainer (bf16, group_by_length), all 30 blocks, the
+    # same prompted texts, max length, batch size, epochs and learning rate as the full fine-tune
+    "trainer": ["--max-length", "64", "--batch-size", "16", "--lr", FULL_LR, "--prompt", PROMPT, "--best"],
 }
+HF_TRAINER = Path(__file__).resolve().with_name("hf_trainer.py")
 TARGETS = {"best_acc": 0.97, "probe_acc": 0.90, "probe_seconds": 120.0}
 
 
@@ -81,13 +87,25 @@ def run_one(args: argparse.Namespace, mode: str, seed: int, epochs: int, env: di
         shutil.rmtree(Path(env["LASTPOOL_CACHE"]) / "features", ignore_errors=True)
     tag = f"{mode}-s{seed}" + ("" if cold else "-cached")
     out = work / f"run-{tag}"
-    cmd = [*lastpool_exe(), "train", "--model", str(args.model), "--mode", mode, "--data", str(args.data),
-           "--seed", str(seed), "--out", str(out), "--quiet", "--epochs", str(epochs), *COMMON, *MODE_FLAGS[mode]]
+    if mode == "trainer":
+        cmd = [sys.executable, str(HF_TRAINER), "--model", str(args.model), "--data", str(args.data),
+               "--seed", str(seed), "--epochs", str(epochs), *MODE_FLAGS[mode]]
+    else:
+        cmd = [*lastpool_exe(), "train", "--model", str(args.model), "--mode", mode, "--data", str(args.data),
+               "--seed", str(seed), "--out", str(out), "--quiet", "--epochs", str(epochs), *COMMON, *MODE_FLAGS[mode]]
     max_steps = getattr(args, f"max_steps_{mode}") or args.max_steps
     if max_steps:
         cmd += ["--max-steps", str(max_steps)]
     log = work / f"{tag}.log"
     code, seconds, rss = timed(cmd, env, log)
+    if code == 0 and mode == "trainer":
+        result = json.loads(log.read_text().strip().splitlines()[-1])
+        steps = result["optimizer_steps"]
+        return {"mode": mode, "seed": seed, "epochs": epochs, "cold": cold, "ok": True, "seconds": seconds,
+                "rss_mib": rss, "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+                "final_accuracy": result["final_accuracy"], "best_epoch": round(result["best_epoch"] or 0),
+                "epochs_run": epochs, "optimizer_steps": steps, "train_seconds": result["train_runtime"],
+                "sec_per_step": result["train_runtime"] / steps if steps else None, "cmd": shlex.join(cmd)}
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         shutil.rmtree(out, ignore_errors=True)
@@ -198,11 +216,16 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
         f"Model `{args.model.name}` (dequantized to float32), data `{args.data.name}`, 10% stratified validation "
         "(lastpool's split, per seed). Flags for every run: `" + " ".join(COMMON) + "`; per mode: "
         + "; ".join(f"{m} `" + " ".join(MODE_FLAGS[m]) + "`" for m in MODES) + ". "
-        "Each run is its own `lastpool train` process under `/usr/bin/time -v`: wall time includes interpreter "
+        "Row 'trainer' is transformers' `AutoModelForSequenceClassification` + `Trainer` (`benchmarks/hf_trainer.py`: "
+        "bf16, group_by_length, all 30 blocks, the same split, prompted texts, max length, batch, epochs and "
+        "learning rate as `full`, Trainer's default linear schedule and AdamW otherwise). "
+        "Each run is its own process (`lastpool train`, or the Trainer script) under `/usr/bin/time -v`: "
+        "wall time includes interpreter "
         "start, model load (from the cached dequantized safetensors) and, for the probe, feature extraction "
         "(features cache cleared before each cold probe run); peak RSS is that process's maximum resident set. "
         "Accuracy / macro-F1 are the kept model's (best validation macro-F1 epoch). "
-        "'train s / optimizer step' is lastpool's train_seconds / optimizer_steps (probe: head steps only).",
+        "'train s / optimizer step' is lastpool's train_seconds / optimizer_steps (probe: head steps only; "
+        "trainer: Trainer's train_runtime, which includes its per-epoch evaluation, / steps).",
         "",
         f"Machine: {machine_info()}. Shared machine: other processes ran at times, so times are indicative.",
         "",
@@ -214,7 +237,7 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
     if warm is not None:
         lines.append(f"- One-off GGUF warm-up load (dequantize + write safetensors cache, not charged to any mode): "
                      f"{warm['seconds']:.1f} s, peak RSS {warm['rss_mib'] or 0:.0f} MiB.")
-    lines.append("- Cut short versus the protocol (3 seeds; probe 40, LoRA 2, full 2 epochs): "
+    lines.append("- Cut short versus the protocol (3 seeds; probe 40, LoRA 2, full 2, Trainer 2 epochs): "
                  + ("; ".join(deviations) if deviations else "nothing") + ".")
     if best_acc:
         best = max(best_acc, key=best_acc.get)
@@ -252,7 +275,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--modes", default="probe,lora,full", help="comma separated subset of probe,lora,full")
+    parser.add_argument("--modes", default="probe,lora,full,trainer",
+                        help="comma separated subset of probe,lora,full,trainer (trainer: transformers Trainer)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every mode [3]")
     for mode in MODES:
         parser.add_argument(f"--seeds-{mode}", type=int, default=None, help=f"override --seeds for {mode}")
@@ -308,7 +332,7 @@ def main() -> None:
                         shutil.copy(work / f"{mode}-s{seed}.log", args.keep_logs / f"{mode}-s{seed}.log")
                     publish(False)
                 if mode == "probe" and n_seeds and not args.no_cached_probe:
-                    # features are keyed by the split (hence the seed): only the last seed's are still cached
+                    # one feature entry serves every seed; it was extracted by the last cold run
                     r = run_one(args, mode, n_seeds - 1, epochs, env, work, cold=False)
                     runs.append(r)
                     print(json.dumps({k: v for k, v in r.items() if k not in ("error", "cmd")}), flush=True)
