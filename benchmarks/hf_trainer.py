@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--prompt", default=TEXT_SLOT)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--best", action="store_true", help="bf16=True and group_by_length sampling")
+    parser.add_argument("--eval-at-end", action="store_true",
+                        help="evaluate once after training (train_runtime then excludes evaluation)")
+    parser.add_argument("--save", default=None, help="save the trained model and tokenizer to this folder")
     args = parser.parse_args()
 
     table = read_table(args.data)
@@ -101,7 +104,8 @@ def main() -> None:
         training_args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
             num_train_epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr, seed=args.seed,
-            eval_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+            eval_strategy="no" if args.eval_at_end else "epoch", save_strategy="no", report_to="none",
+            use_cpu=True, disable_tqdm=True,
             logging_strategy="no", **options)
         trainer = Trainer(model=model, args=training_args,
                           train_dataset=Rows([ids[i] for i in train_idx], [y[i] for i in train_idx]),
@@ -111,6 +115,11 @@ def main() -> None:
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started
+        if args.eval_at_end:
+            trainer.evaluate()
+        if args.save:
+            trainer.save_model(args.save)
+            tokenizer.save_pretrained(args.save)
     evals = [e for e in history.evals if "eval_accuracy" in e]
     kept = max(evals, key=lambda e: e["eval_macro_f1"]) if evals else {}
     print(json.dumps({
