@@ -217,3 +217,30 @@ def test_lora_needs_a_pretrained_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2
     assert "needs a pretrained --model" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_bf16_inference_runs_on_a_bf16_copy_and_keeps_float32_weights(llama_folder: Path) -> None:
+    from lastpool.training.inference import predict_logits, softmax
+
+    texts, labels = demo_sample()
+    clf = Classifier(model=str(llama_folder), **{**TINY, "precision": "bf16"}).fit(texts, labels)
+    proba = clf.predict_proba(texts[:6])
+    assert clf.model is not None and clf.encoder is not None and clf._bf16_runner is not None
+    runner = clf._bf16_runner[1]
+    assert all(p.dtype == torch.bfloat16 for p in runner.parameters())
+    assert all(p.dtype == torch.float32 for p in clf.model.parameters())  # training and saving stay float32
+    autocast = softmax(predict_logits(clf.model, clf.encoder.encode(texts[:6]), clf.encoder.pad_token_id,
+                                      precision="bf16"))
+    np.testing.assert_allclose(proba, autocast, atol=0.02)  # the same model, up to bf16 rounding
+    clf.fit(texts, labels)  # a new model: the copy is remade
+    clf.predict_proba(texts[:2])
+    assert clf._bf16_runner is not None and clf._bf16_runner[1] is not runner
+
+
+def test_optimizer_uses_the_fused_adamw_kernel() -> None:
+    from lastpool.training.trainer import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1)
+    assert optimizer.defaults["fused"] is True
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]  # no decay on biases and norms

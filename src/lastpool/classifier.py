@@ -49,7 +49,7 @@ from lastpool.training.features import (
     freeze_for_mode,
     standardizer,
 )
-from lastpool.training.inference import predict_logits, softmax
+from lastpool.training.inference import bf16_copy, predict_logits, softmax
 from lastpool.training.trainer import Trainer, TrainResult
 
 
@@ -177,6 +177,7 @@ class Classifier:
         self.encoder: TextEncoder | None = None
         self.result: TrainResult | None = None
         self.feature_cache_hits: list[bool] = []
+        self._bf16_runner: tuple[SequenceClassifier, torch.nn.Module] | None = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -276,7 +277,18 @@ class Classifier:
         ids = encoder.encode(_check_texts(texts, "input"))
         if not ids:
             return np.zeros((0, len(spec.labels)), dtype=np.float32)
-        return predict_logits(model, ids, encoder.pad_token_id, spec.padding_side, precision=spec.precision)
+        runner, precision = self._runner()
+        return predict_logits(runner, ids, encoder.pad_token_id, spec.padding_side, precision=precision)
+
+    def _runner(self) -> tuple[torch.nn.Module, str]:
+        """The module predictions run on, and the autocast precision for it: in bf16, a bf16 copy of the
+        model made on first use (and remade after ``fit``), so weights are not cast again for every batch."""
+        model, spec, _ = self._require_fitted()
+        if spec.precision != "bf16":
+            return model, spec.precision
+        if self._bf16_runner is None or self._bf16_runner[0] is not model:
+            self._bf16_runner = (model, bf16_copy(model))
+        return self._bf16_runner[1], "fp32"
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities [N, C], columns in ``self.labels`` order."""

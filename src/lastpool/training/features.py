@@ -9,7 +9,6 @@ length), the pooling, the padding side and the precision.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from torch.utils.data import Dataset
 from lastpool.fileio import staged_file
 from lastpool.models.backbones import decoder_blocks, default_cache_dir
 from lastpool.models.classifier_model import SequenceClassifier
-from lastpool.training.inference import batched_forward
+from lastpool.training.inference import batched_forward, bf16_copy
 
 FEATURE_METHOD = 2  # bump when extraction changes numerically (2: bf16 weights instead of autocast)
 
@@ -105,13 +104,12 @@ def extract_features(model: SequenceClassifier, ids: Sequence[list[int]], pad_to
                      precision: str, max_tokens: int = 2048, quiet: bool = True) -> torch.Tensor:
     """Pooled backbone vectors [N, D] in float32, in input order (length-sorted token-budget batches).
 
-    In bf16 the passes run on a bf16 copy of the model: autocast would cast every frozen weight again
-    for every batch (about a third of the time on a CPU); the copy is dropped afterwards, so the saved
-    model keeps its float32 weights.
+    In bf16 the passes run on a bf16 copy of the model (see ``bf16_copy``), dropped afterwards: the
+    saved model keeps its float32 weights.
     """
     runner = model
     if precision == "bf16":
-        runner = copy.deepcopy(model).to(torch.bfloat16)
+        runner = bf16_copy(model)
         precision = "fp32"  # no autocast: the weights already are bf16
     with Progress(disable=quiet, transient=True) as progress:
         task = progress.add_task("extracting features", total=len(ids))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +46,20 @@ def batched_forward(
     in_order = torch.empty_like(stacked)
     in_order[torch.tensor(order)] = stacked
     return in_order
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def bf16_copy(model: ModuleT) -> ModuleT:
+    """A bf16 copy of ``model`` for inference.
+
+    Under autocast every float32 weight is cast to bf16 again in every forward pass (the cast cache only
+    keeps weights that require grad, and only within one autocast region); for inference, casting once
+    is about a quarter to a third faster on this CPU. The float32 model stays as it is, for training and
+    saving.
+    """
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
 
 
 def predict_logits(
