@@ -172,7 +172,7 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
             continue
         failed = len(sel) - len(ok)
         accs = [r["accuracy"] for r in ok]
-        if accs:
+        if accs and cold:  # the cached-features probe repeats a cold probe run
             best_acc[label] = statistics.mean(accs)
         sps = [r["sec_per_step"] for r in ok if r["sec_per_step"]]
         rss = [r["rss_mib"] for r in sel if r["rss_mib"] is not None]
@@ -234,6 +234,10 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
     ]
+    reused_modes = sorted({r["mode"] for r in runs if r.get("reused")})
+    if reused_modes:
+        lines.append(f"- Rows {', '.join(reused_modes)}: runs reported from an earlier invocation of this script "
+                     f"(`{args.reuse.name}`, command `{args.reused_command or 'not recorded'}`), not rerun.")
     if warm is not None:
         lines.append(f"- One-off GGUF warm-up load (dequantize + write safetensors cache, not charged to any mode): "
                      f"{warm['seconds']:.1f} s, peak RSS {warm['rss_mib'] or 0:.0f} MiB.")
@@ -271,6 +275,33 @@ def write_block(block: str) -> None:
     write_section(block, MARK_BEGIN, MARK_END)
 
 
+def reused_runs(args: argparse.Namespace) -> list[dict]:
+    """Runs of ``--reuse-modes`` read back from an earlier run's stdout (one JSON object per run)."""
+    modes = [m.strip() for m in args.reuse_modes.split(",") if m.strip()]
+    if not modes:
+        return []
+    if args.reuse is None:
+        raise SystemExit("--reuse-modes needs --reuse FILE")
+    overlap = set(modes) & set(args.modes)
+    if overlap:
+        raise SystemExit(f"modes both run and reused: {', '.join(sorted(overlap))}")
+    runs = []
+    for line in args.reuse.read_text().splitlines():
+        if line.startswith("{"):
+            run = json.loads(line)
+            if "command" in run:
+                args.reused_command = run["command"]
+                continue
+            if run.get("mode") in modes:
+                run.setdefault("cmd", "")
+                run["reused"] = True
+                runs.append(run)
+    missing = set(modes) - {r["mode"] for r in runs}
+    if missing:
+        raise SystemExit(f"{args.reuse} holds no runs of {', '.join(sorted(missing))}")
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -289,6 +320,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="LASTPOOL_CACHE to use (default: a temp dir)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy each run's log to this folder")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="stdout of an earlier run of this script: its runs of --reuse-modes are reported "
+                             "again instead of being rerun (e.g. to redo the probe timing on an idle machine)")
+    parser.add_argument("--reuse-modes", default="", help="comma separated modes to take from --reuse")
     args = parser.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in args.modes if m not in MODES]
@@ -297,11 +332,18 @@ def main() -> None:
     args.model, args.data = args.model.resolve(), args.data.resolve()
     command = "python benchmarks/pretrained.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     plan = [(m, getattr(args, f"seeds_{m}") or args.seeds, getattr(args, f"epochs_{m}")) for m in args.modes]
+    args.reused_command = None
+    reused = reused_runs(args)
+    print(json.dumps({"command": command}), flush=True)
+    for mode in dict.fromkeys(r["mode"] for r in reused):
+        mine = [r for r in reused if r["mode"] == mode and r["cold"]]
+        plan.append((mode, len(mine), mine[0]["epochs"] if mine else 0))
+        args.modes.append(mode)
 
     own_cache = args.cache is None
     cache = Path(tempfile.mkdtemp(prefix="lastpool-bench-cache-")) if own_cache else args.cache.resolve()
     env = {**os.environ, "LASTPOOL_CACHE": str(cache)}
-    runs: list[dict] = []
+    runs: list[dict] = list(reused)
     warm = None
 
     def publish(done: bool) -> str:
@@ -321,6 +363,8 @@ def main() -> None:
             warm = {"seconds": seconds, "rss_mib": rss}
             print(f"warm-up load: {seconds:.1f} s, peak RSS {rss or 0:.0f} MiB", flush=True)
             for mode, n_seeds, epochs in plan:
+                if any(r["mode"] == mode for r in reused):
+                    continue
                 for seed in range(n_seeds):
                     r = run_one(args, mode, seed, epochs, env, work, cold=True)
                     runs.append(r)
