@@ -41,6 +41,7 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "lora_alpha": ("32", 32),
     "lora_dropout": ("0.1", 0.1),
     "merge": (None, True),
+    "calibrate": ("--no-calibrate", False),
     "d_model": ("48", 48),
     "n_layers": ("3", 3),
     "n_heads": ("6", 6),
@@ -100,7 +101,10 @@ def test_every_flag_reaches_its_field(monkeypatch: pytest.MonkeyPatch, tmp_path:
     for name in RunConfig.model_fields:
         text, value = FLAG_VALUES[name]
         assert getattr(defaults, name) != value, f"{name}: pick a non-default test value"
-        args = ["train", "--" + name.replace("_", "-"), *([text] if text is not None else [])]
+        if text is not None and text.startswith("--"):  # a switch whose default is on: its --no- form
+            args = ["train", text]
+        else:
+            args = ["train", "--" + name.replace("_", "-"), *([text] if text is not None else [])]
         if name == "n_heads":
             args += ["--d-model", "48"]
         code = main(args)

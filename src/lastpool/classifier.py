@@ -22,6 +22,7 @@ from lastpool.data.batching import EncodedDataset
 from lastpool.data.labels import LabelSet
 from lastpool.data.split import stratified_split
 from lastpool.errors import ConfigError, DataError, ModelLoadError
+from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.fileio import staged_dir
 from lastpool.models.backbones import load_backbone, truncate_backbone
@@ -162,6 +163,20 @@ def _backbone_identity(spec: ModelSpec, seed: int) -> dict[str, Any]:
     return identity
 
 
+def calibrate(val_logits: np.ndarray, val_y: Sequence[int]) -> tuple[float, dict[str, float]]:
+    """Temperature scaling on the validation logits: the temperature, and the ECE / log loss before and
+    after (measured on the same validation texts the temperature was fitted on)."""
+    temperature = fit_temperature(val_logits, val_y)
+    before, after = softmax(val_logits), softmax(val_logits, temperature)
+    return temperature, {
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(before, val_y),
+        "ece_after": expected_calibration_error(after, val_y),
+        "log_loss_before": nll(val_logits, val_y, 1.0),
+        "log_loss_after": nll(val_logits, val_y, temperature),
+    }
+
+
 class Classifier:
     """A decoder-only text classifier with last-token (or mean/max/first) pooling.
 
@@ -178,6 +193,7 @@ class Classifier:
         self.result: TrainResult | None = None
         self.feature_cache_hits: list[bool] = []
         self._bf16_runner: tuple[SequenceClassifier, torch.nn.Module] | None = None
+        self.calibration: dict[str, float] | None = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -259,6 +275,9 @@ class Classifier:
         spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
                         "val_macro_f1": self.result.val_metrics.get("macro_f1"),
                         "best_epoch": self.result.best_epoch}
+        if cfg.calibrate and self.result.val_logits is not None:
+            spec.temperature, self.calibration = calibrate(self.result.val_logits, val_y)
+            spec.metrics["calibration"] = self.calibration
         self.model, self.spec, self.encoder = model, spec, encoder
         return self
 

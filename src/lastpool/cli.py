@@ -86,6 +86,7 @@ def train(
     grad_clip: Annotated[float | None, typer.Option(help="max gradient norm, 0 = off [1.0]", rich_help_panel=OPT)] = None,  # noqa: E501
     grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps [1]", rich_help_panel=OPT)] = None,  # noqa: E501
     label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing [0.1]", rich_help_panel=OPT)] = None,  # noqa: E501
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="temperature scaling fitted on the validation split after training [on]", rich_help_panel=OPT)] = None,  # noqa: E501
     seed: Annotated[int | None, typer.Option(help="random seed [0]", rich_help_panel=OPT)] = None,
     out: Annotated[Path | None, typer.Option(help="run directory [runs/<timestamp>]", rich_help_panel=OUT)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or tables", rich_help_panel=OUT)] = False,  # noqa: E501
@@ -129,6 +130,10 @@ def train(
     if quiet:
         print(summary)
     else:
+        if clf.calibration is not None:
+            c = clf.calibration
+            err.print(f"calibration: temperature {c['temperature']:.3f}, validation ECE {c['ece_before']:.4f} -> "
+                      f"{c['ece_after']:.4f}, log loss {c['log_loss_before']:.4f} -> {c['log_loss_after']:.4f}")
         err.print(summary)
 
 
@@ -181,7 +186,7 @@ def evaluate(
         cm.add_row(name, *(str(v) for v in row))
     out.print(cm)
     if "log_loss" in metrics:
-        out.print(f"log loss {metrics['log_loss']:.4f}")
+        out.print(f"log loss {metrics['log_loss']:.4f}   expected calibration error {metrics['ece']:.4f}")
 
 
 def _prediction_rows(texts: list[str], labels: list[str], probabilities: Any) -> list[dict[str, Any]]:

@@ -73,6 +73,7 @@ class RunConfig(BaseModel):
     grad_clip: float = Field(default=1.0, ge=0.0, description="max gradient norm (0: off)")
     grad_accum: int = Field(default=1, ge=1, description="gradient accumulation steps")
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
+    calibrate: bool = Field(default=True, description="fit a softmax temperature on the validation split")
     seed: int = Field(default=0, ge=0)
 
     # output

@@ -54,6 +54,7 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
         raise ValueError("classifier has not been trained")
     return {
         "val": result.val_metrics,
+        "calibration": clf.calibration,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "optimizer_steps": result.optimizer_steps,

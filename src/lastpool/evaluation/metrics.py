@@ -14,12 +14,15 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from lastpool.evaluation.calibration import expected_calibration_error
+
 
 def classification_metrics(
     y_true: Sequence[int], y_pred: Sequence[int], label_names: Sequence[str],
     probabilities: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, macro and weighted F1, per-class precision/recall/F1/support and the confusion matrix.
+    """Accuracy, macro and weighted F1, per-class precision/recall/F1/support and the confusion matrix;
+    with probabilities also the log loss and the expected calibration error.
 
     Every label in ``label_names`` appears in the result, even if absent from ``y_true``, so runs on
     different splits have the same shape.
@@ -47,4 +50,5 @@ def classification_metrics(
     }
     if probabilities is not None and len(y_true):
         result["log_loss"] = float(log_loss(y_true, probabilities, labels=labels))
+        result["ece"] = expected_calibration_error(probabilities, y_true)
     return result

@@ -42,6 +42,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     val_metrics: dict[str, Any] = field(default_factory=dict)
+    val_logits: np.ndarray | None = None  # the kept epoch's validation logits (for calibration)
     train_seconds: float = 0.0
     train_samples: int = 0
     optimizer_steps: int = 0
@@ -146,7 +147,7 @@ class Trainer:
                 seconds = time.perf_counter() - started
                 result.train_seconds += seconds
                 result.train_samples += seen
-                metrics = self._evaluate(accelerator.unwrap_model(model), val)
+                metrics, logits = self._evaluate(accelerator.unwrap_model(model), val)
                 record = {
                     "epoch": epoch + 1,
                     "train_loss": float(loss_sum.item()) / max(seen, 1),
@@ -162,6 +163,7 @@ class Trainer:
                     best_f1 = metrics["macro_f1"]
                     result.best_epoch = epoch + 1
                     result.val_metrics = metrics
+                    result.val_logits = logits
                     state = accelerator.unwrap_model(model).state_dict()
                     best_state = {k: v.detach().clone() for k, v in state.items()}
                 result.history.append(record)
@@ -174,15 +176,15 @@ class Trainer:
         accelerator.free_memory()
         return result
 
-    def _evaluate(self, model: nn.Module, val: EncodedDataset | FeatureDataset) -> dict[str, Any]:
+    def _evaluate(self, model: nn.Module, val: EncodedDataset | FeatureDataset) -> tuple[dict[str, Any], np.ndarray]:
         if isinstance(val, FeatureDataset):
             model.eval()
             with torch.inference_mode():
                 logits = model(val.features.to(next(model.parameters()).device)).float().cpu().numpy()
-            return evaluate_logits(logits, val.labels, self.label_names)
-        logits = predict_logits(model, val.ids, self.pad_token_id, self.config.padding_side,
-                                precision=self.precision)
-        return evaluate_logits(logits, val.labels, self.label_names)
+        else:
+            logits = predict_logits(model, val.ids, self.pad_token_id, self.config.padding_side,
+                                    precision=self.precision)
+        return evaluate_logits(logits, val.labels, self.label_names), logits
 
     @staticmethod
     def _epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:
