@@ -194,6 +194,7 @@ class Classifier:
         self.feature_cache_hits: list[bool] = []
         self._bf16_runner: tuple[SequenceClassifier, torch.nn.Module] | None = None
         self.calibration: dict[str, float] | None = None
+        self.validation: dict[str, Any] | None = None  # texts, labels and kept-epoch logits of the last fit
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -275,6 +276,7 @@ class Classifier:
         spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
                         "val_macro_f1": self.result.val_metrics.get("macro_f1"),
                         "best_epoch": self.result.best_epoch}
+        self.validation = {"texts": val_texts, "labels": list(val_y), "logits": self.result.val_logits}
         if cfg.calibrate and self.result.val_logits is not None:
             spec.temperature, self.calibration = calibrate(self.result.val_logits, val_y)
             spec.metrics["calibration"] = self.calibration

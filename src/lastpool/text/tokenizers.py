@@ -165,6 +165,13 @@ class TextEncoder:
         return [ids if len(ids) <= self.max_length else self._cut_to_fit(text, len(ids))
                 for text, ids in zip(texts, rows, strict=True)]
 
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text (prompt and special tokens included) before truncation: what the report's
+        length histogram and truncated share are about."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self._ids([self._wrap(text) for text in texts])]
+
     def _cut_to_fit(self, text: str, length: int) -> list[int]:
         """Drop tokens from the end of the text (not of the prompt) until the whole fits."""
         offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
