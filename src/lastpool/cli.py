@@ -6,18 +6,24 @@ Every error a user can cause ends in one message on stderr and exit code 2, neve
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
 from lastpool.errors import ConfigError, LastpoolError
+
+if TYPE_CHECKING:
+    from lastpool.config import RunConfig
+    from lastpool.data.tables import Table
 
 app = typer.Typer(
     name="lastpool",
@@ -94,23 +100,13 @@ def train(
     """Train a classifier and write a run directory (model/, config.yaml, history.jsonl, metrics.json)."""
     params = dict(locals())  # every RunConfig field is a parameter of the same name
     from lastpool.classifier import Classifier
-    from lastpool.config import RunConfig, resolve_config
-    from lastpool.data.tables import load_demo, read_table
+    from lastpool.data.tables import read_table
     from lastpool.runs import check_output_dir, data_summary, default_run_dir, write_run
 
-    flags = {name: value for name, value in params.items() if name in RunConfig.model_fields}
-    overrides: dict[str, Any] = {**flags, "labels": _labels_list(labels), "out": str(out) if out is not None else None}
-    cfg = resolve_config(str(config) if config is not None else None, overrides)
-    if quiet:
-        _silence_library_progress()
+    cfg = _run_config(params)
     run_dir = Path(cfg.out) if cfg.out else default_run_dir()
     check_output_dir(run_dir)
-
-    if cfg.data is None:
-        table = load_demo()
-        err.print("notice: no --data given; training on the built-in demo set (financial news sentiment)")
-    else:
-        table = read_table(cfg.data, text_col=cfg.text_col, label_col=cfg.label_col)
+    table = _training_table(cfg)
     assert table.labels is not None
     eval_texts = eval_labels = None
     if cfg.eval_data is not None:
@@ -135,6 +131,173 @@ def train(
             err.print(f"calibration: temperature {c['temperature']:.3f}, validation ECE {c['ece_before']:.4f} -> "
                       f"{c['ece_after']:.4f}, log loss {c['log_loss_before']:.4f} -> {c['log_loss_after']:.4f}")
         err.print(summary)
+
+
+def _with_train_options(func: Any) -> Any:
+    """Give a command every option of ``train`` (same names, help and panels) besides its own, so
+    ``cv`` and ``compare`` accept exactly the flags a training run does."""
+    own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    names = {p.name for p in own}
+    shared = [p for p in inspect.signature(train, eval_str=True).parameters.values() if p.name not in names]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + shared]
+    func.__signature__ = inspect.Signature(params, return_annotation=None)
+    func.__annotations__ = {p.name: p.annotation for p in params}
+    return func
+
+
+def _write_outputs(folder: Path, files: dict[str, str]) -> None:
+    """All of a command's output files at once (a staged folder renamed into place)."""
+    from lastpool.fileio import staged_dir
+
+    with staged_dir(folder) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+
+def _runs_progress(total: int, quiet: bool) -> Progress:
+    """One bar over the models a cv/compare trains; off with --quiet or when stderr is not a terminal."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, disable=quiet or not err.is_terminal, transient=True)
+
+
+CV = "Cross-validation"
+
+
+@app.command("cv")
+@_with_train_options
+def cross_validation(
+    folds: Annotated[int, typer.Option(help="stratified K-fold; 1 = one stratified hold-out split per seed", rich_help_panel=CV)] = 5,  # noqa: E501
+    seeds: Annotated[int, typer.Option(help="repeat with N seeds (--seed, --seed+1, ...): new folds and init", rich_help_panel=CV)] = 1,  # noqa: E501
+    **options: Any,
+) -> None:
+    """Cross-validate a training config: mean, std and 95% CI of every metric; writes cv.json and reports."""
+    from lastpool.config import dump_yaml
+    from lastpool.evaluation.crossval import cross_validate, fold_plan
+    from lastpool.evaluation.crossval_report import cv_html, cv_markdown
+    from lastpool.runs import check_output_dir, default_run_dir
+
+    cfg = _run_config(options)
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {seeds})")
+    if cfg.eval_data is not None:
+        raise ConfigError("cv makes its own splits of --data; --eval-data does not apply")
+    out_dir = Path(cfg.out) if cfg.out else default_run_dir().with_name("cv-" + default_run_dir().name)
+    check_output_dir(out_dir)
+    table = _training_table(cfg)
+    assert table.labels is not None
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    total = len(fold_plan([str(x) for x in table.labels], folds, seed_list, cfg.val_fraction))
+    with _runs_progress(total, bool(options.get("quiet"))) as progress:
+        task = progress.add_task("cross-validation", total=total)
+        result = cross_validate(cfg, table.texts, table.labels, folds, seed_list,
+                                on_run=lambda run: progress.advance(task))
+    result["config"] = cfg.model_dump(mode="json")
+    title = f"Cross-validation: {table.source}"
+    _write_outputs(out_dir, {"cv.json": json.dumps(result, indent=2) + "\n", "config.yaml": dump_yaml(cfg),
+                             "report.md": cv_markdown(result, title, dump_yaml(cfg)),
+                             "report.html": cv_html(result, title, dump_yaml(cfg))})
+    rows = RichTable(title=f"{len(result['runs'])} models ({folds} folds x {seeds} seeds)")
+    for column in ("metric", "mean", "std", "95% CI"):
+        rows.add_column(column, justify="right")
+    for name, s in result["summary"].items():
+        rows.add_row(name, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]")
+    out.print(rows)
+    err.print(f"cross-validation saved to {out_dir}")
+
+
+COMPARE_AXES = ("pooling", "mode", "model")
+
+
+@app.command("compare")
+@_with_train_options
+def compare_settings(
+    metric: Annotated[str, typer.Option(help="metric that ranks the settings: accuracy, macro_f1, weighted_f1, log_loss, ece", rich_help_panel=CV)] = "accuracy",  # noqa: E501
+    folds: Annotated[int, typer.Option(help="stratified K-fold; 1 = one stratified hold-out split per seed", rich_help_panel=CV)] = 5,  # noqa: E501
+    seeds: Annotated[int, typer.Option(help="repeat with N seeds (--seed, --seed+1, ...)", rich_help_panel=CV)] = 1,
+    **options: Any,
+) -> None:
+    """Compare settings on the same folds and seeds: give --pooling, --mode and/or --model comma-separated
+    values (e.g. --pooling last,mean,max,first); a winner is named only when it beats the runner-up beyond
+    the noise (paired t-test, p < 0.05)."""
+    from lastpool.config import dump_yaml
+    from lastpool.evaluation.crossval import SUMMARY_METRICS, compare, fold_plan, settings_grid
+    from lastpool.evaluation.crossval_report import compare_html, compare_markdown, verdict_text
+    from lastpool.runs import check_output_dir, default_run_dir
+
+    if metric not in SUMMARY_METRICS:
+        raise ConfigError(f"--metric must be one of {', '.join(SUMMARY_METRICS)} (got {metric!r})")
+    axes: dict[str, list[Any]] = {}
+    for name in COMPARE_AXES:
+        value = options.get(name)
+        if isinstance(value, str) and "," in value:
+            values = [v.strip() for v in value.split(",") if v.strip()]
+            if len(set(values)) != len(values):
+                raise ConfigError(f"--{name}: a value is repeated ({value!r})")
+            axes[name] = values
+            options[name] = None
+    if not any(len(v) > 1 for v in axes.values()):
+        raise ConfigError("nothing to compare: give --pooling, --mode or --model two or more comma-separated values")
+    cfg = _run_config(options)
+    for setting in settings_grid(axes):  # every combination must be a valid config before anything trains
+        _run_config({**options, **setting})
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {seeds})")
+    if cfg.eval_data is not None:
+        raise ConfigError("compare makes its own splits of --data; --eval-data does not apply")
+    out_dir = Path(cfg.out) if cfg.out else default_run_dir().with_name("compare-" + default_run_dir().name)
+    check_output_dir(out_dir)
+    table = _training_table(cfg)
+    assert table.labels is not None
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    per_setting = len(fold_plan([str(x) for x in table.labels], folds, seed_list, cfg.val_fraction))
+    total = per_setting * len(settings_grid(axes))
+    with _runs_progress(total, bool(options.get("quiet"))) as progress:
+        task = progress.add_task("compare", total=total)
+        result = compare(cfg, table.texts, table.labels, axes, folds, seed_list, metric=metric,
+                         on_run=lambda name, run: progress.advance(task))
+    result["config"] = cfg.model_dump(mode="json")
+    title = f"Comparison on {table.source}"
+    _write_outputs(out_dir, {"compare.json": json.dumps(result, indent=2) + "\n", "config.yaml": dump_yaml(cfg),
+                             "report.md": compare_markdown(result, title, dump_yaml(cfg)),
+                             "report.html": compare_html(result, title, dump_yaml(cfg))})
+    rows = RichTable(title=f"{metric}: {len(result['results'])} settings x {len(result['results'][0]['runs'])} runs")
+    for column in ("setting", "mean", "std", "95% CI"):
+        rows.add_column(column, justify="right")
+    for r in result["results"]:
+        s = r["summary"][metric]
+        mark = " *" if result["verdict"].get("winner") == r["name"] else ""
+        rows.add_row(r["name"] + mark, f"{s['mean']:.4f}", f"{s['std']:.4f}",
+                     f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]")
+    out.print(rows)
+    out.print(verdict_text(result).replace("**", ""))
+    err.print(f"comparison saved to {out_dir}")
+
+
+def _run_config(params: dict[str, Any]) -> RunConfig:
+    """The RunConfig from a command's train options: the YAML file, then the flags that were given."""
+    from lastpool.config import RunConfig, resolve_config
+
+    flags = {name: value for name, value in params.items() if name in RunConfig.model_fields}
+    out_dir = params.get("out")
+    overrides: dict[str, Any] = {**flags, "labels": _labels_list(params.get("labels")),
+                                 "out": str(out_dir) if out_dir is not None else None}
+    config_file = params.get("config")
+    cfg = resolve_config(str(config_file) if config_file is not None else None, overrides)
+    if params.get("quiet"):
+        _silence_library_progress()
+    return cfg
+
+
+def _training_table(cfg: RunConfig) -> Table:
+    from lastpool.data.tables import load_demo, read_table
+
+    if cfg.data is None:
+        table = load_demo()
+        err.print("notice: no --data given; training on the built-in demo set (financial news sentiment)")
+    else:
+        table = read_table(cfg.data, text_col=cfg.text_col, label_col=cfg.label_col)
+    assert table.labels is not None
+    return table
 
 
 def _silence_library_progress() -> None:
