@@ -8,6 +8,7 @@ directory holding ``model/``).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from lastpool.data.split import stratified_split
 from lastpool.errors import ConfigError, DataError, ModelLoadError
 from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll
 from lastpool.evaluation.metrics import classification_metrics
+from lastpool.evaluation.model_card import model_card
 from lastpool.fileio import staged_dir
 from lastpool.models.backbones import load_backbone, truncate_backbone
 from lastpool.models.classifier_model import (
@@ -40,6 +42,7 @@ from lastpool.models.classifier_model import (
 )
 from lastpool.models.gpt import GPTConfig
 from lastpool.models.lora import apply_lora, merge_lora
+from lastpool.progress import status
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer, train_bpe
 from lastpool.training.features import (
     FeatureDataset,
@@ -94,7 +97,7 @@ def bf16_is_fast() -> bool:
 
 
 def _new_model(
-    cfg: RunConfig, label_names: list[str], train_texts: list[str]
+    cfg: RunConfig, label_names: list[str], train_texts: list[str], quiet: bool = True
 ) -> tuple[SequenceClassifier, ModelSpec, TextEncoder]:
     """Tokenizer, spec and freshly initialised (or pretrained) model for a training run."""
     set_seed(cfg.seed)
@@ -107,7 +110,8 @@ def _new_model(
     if pretrained:
         if cfg.tokenizer == "bpe":
             raise ConfigError("a pretrained backbone needs its own tokenizer: drop --tokenizer bpe (or use auto)")
-        backbone, info = load_backbone(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        with status(f"loading {cfg.model}", quiet):
+            backbone, info = load_backbone(cfg.model, trust_remote_code=cfg.trust_remote_code)
         tok_source = cfg.model if cfg.tokenizer == "auto" else cfg.tokenizer
         tokenizer = load_pretrained_tokenizer(tok_source, trust_remote_code=cfg.trust_remote_code)
         if cfg.grad_checkpointing:
@@ -124,7 +128,8 @@ def _new_model(
         if cfg.layer is not None:
             raise ConfigError("--layer applies to pretrained models; a from-scratch model sets --n-layers instead")
         if cfg.tokenizer in ("auto", "bpe"):
-            tokenizer = train_bpe(train_texts, cfg.vocab_size, lowercase=cfg.lowercase)
+            with status(f"training a {cfg.vocab_size}-token BPE tokenizer", quiet):
+                tokenizer = train_bpe(train_texts, cfg.vocab_size, lowercase=cfg.lowercase)
             tok_type, tok_source = "bpe", None
         else:
             tokenizer = load_pretrained_tokenizer(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
@@ -195,6 +200,7 @@ class Classifier:
         self._bf16_runner: tuple[SequenceClassifier, torch.nn.Module] | None = None
         self.calibration: dict[str, float] | None = None
         self.validation: dict[str, Any] | None = None  # texts, labels and kept-epoch logits of the last fit
+        self.data_info: dict[str, Any] = {}  # training data summary for the model card
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -237,7 +243,7 @@ class Classifier:
             val_texts = [texts[i] for i in val_idx]
             val_y = [encoded[i] for i in val_idx]
 
-        model, spec, encoder = _new_model(cfg, list(label_set.names), train_texts)
+        model, spec, encoder = _new_model(cfg, list(label_set.names), train_texts, quiet=quiet)
         spec.mode = cfg.mode
         if cfg.mode == "lora":
             if not isinstance(spec.backbone, PretrainedBackboneSpec):
@@ -247,7 +253,8 @@ class Classifier:
         else:
             freeze_for_mode(model, cfg.mode)
         trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet, precision=spec.precision)
-        train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
+        with status(f"tokenizing {len(train_texts) + len(val_texts)} texts", quiet):
+            train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
         if cfg.mode == "probe":
             # One cache entry for all texts in a canonical order, so every seed's split (and every
             # fold) reuses the same features instead of extracting them again.
@@ -277,6 +284,8 @@ class Classifier:
                         "val_macro_f1": self.result.val_metrics.get("macro_f1"),
                         "best_epoch": self.result.best_epoch}
         self.validation = {"texts": val_texts, "labels": list(val_y), "logits": self.result.val_logits}
+        self.data_info = {"source": data_name, "rows": len(texts),
+                          "class_counts": dict(sorted(Counter(str_labels).items()))}
         if cfg.calibrate and self.result.val_logits is not None:
             spec.temperature, self.calibration = calibrate(self.result.val_logits, val_y)
             spec.metrics["calibration"] = self.calibration
@@ -346,6 +355,9 @@ class Classifier:
         model, spec, encoder = self._require_fitted()
         encoder.save(folder)
         save_model(model, spec, folder)
+        metrics = self.result.val_metrics if self.result is not None else spec.metrics
+        card = model_card(spec.model_dump(mode="json"), self.data_info, metrics, self.calibration)
+        (folder / "README.md").write_text(card, encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Classifier:

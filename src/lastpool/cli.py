@@ -118,7 +118,7 @@ def train(
         data_name=f"training data {table.source}",
         eval_name=f"validation data {cfg.eval_data}" if cfg.eval_data else "validation split",
     )
-    write_run(clf, run_dir, cfg, data_summary(table.texts, table.labels, table.source))
+    write_run(clf, run_dir, cfg, data_summary(table.texts, table.labels, table.source), texts=table.texts)
     assert clf.result is not None
     val = clf.result.val_metrics
     summary = (f"run saved to {run_dir}  (best epoch {clf.result.best_epoch}: "

@@ -17,6 +17,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        _shareable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -31,6 +32,7 @@ def staged_file(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _shareable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,6 +43,12 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _shareable(path: Path) -> None:
+    """The mode a plain ``open`` would give (mkstemp, behind the atomic writes, makes files private)."""
+    if path.exists():
+        os.chmod(path, 0o666 & ~_umask())
 
 
 @contextmanager

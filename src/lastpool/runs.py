@@ -48,6 +48,44 @@ def data_summary(texts: list[str], labels: list[str], source: str) -> dict[str, 
     return {"source": source, "rows": len(texts), "class_counts": dict(sorted(Counter(labels).items()))}
 
 
+def length_summary(lengths: list[int], max_length: int) -> dict[str, Any]:
+    """Token-length facts for metrics.json (the full list goes only into the report's histogram)."""
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+    return {"max_length": max_length, "tokens_median": ordered[len(ordered) // 2],
+            "tokens_p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "tokens_max": ordered[-1],
+            "truncated_share": sum(n > max_length for n in lengths) / len(lengths)}
+
+
+def run_report(clf: Classifier, config: RunConfig, data: dict[str, Any], token_lengths: list[int]) -> Any:
+    """The report's inputs: history, validation metrics, reliability before/after calibration and the
+    validation texts the model gets most confidently wrong."""
+    from lastpool.evaluation.calibration import reliability_bins
+    from lastpool.evaluation.report import RunReport
+    from lastpool.training.inference import softmax
+
+    assert clf.result is not None and clf.spec is not None and clf.validation is not None
+    names = clf.spec.labels
+    logits, y, texts = clf.validation["logits"], clf.validation["labels"], clf.validation["texts"]
+    before = softmax(logits)
+    after = softmax(logits, clf.spec.temperature) if clf.calibration is not None else None
+    probabilities = after if after is not None else before
+    predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    wrong = sorted((i for i in range(len(y)) if predicted[i] != y[i]), key=lambda i: -confidence[i])
+    return RunReport(
+        title=f"lastpool run: {data.get('source', 'training data')}",
+        config=config.model_dump(mode="json"),
+        data={**data, "token_lengths": token_lengths, "max_length": config.max_length},
+        history=clf.result.history, val=clf.result.val_metrics, calibration=clf.calibration,
+        reliability_before=reliability_bins(before, y),
+        reliability_after=reliability_bins(after, y) if after is not None else None,
+        worst_errors=[{"text": texts[i], "label": names[y[i]], "predicted": names[predicted[i]],
+                       "confidence": float(confidence[i])} for i in wrong[:10]],
+        best_epoch=clf.result.best_epoch,
+    )
+
+
 def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str, Any]:
     result = clf.result
     if result is None:
@@ -64,10 +102,14 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
     }
 
 
-def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any] | None = None) -> Path:
-    """Write the complete run directory to ``out`` atomically."""
+def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any] | None = None,
+              texts: list[str] | None = None) -> Path:
+    """Write the complete run directory to ``out`` atomically: model (with its model card), config,
+    history, metrics, and report.md / report.html / plots/ when the validation predictions are known."""
     if clf.result is None:
         raise ValueError("classifier has not been trained")
+    lengths = clf.encoder.lengths(texts) if texts is not None and clf.encoder is not None else []
+    data = {**(data or {}), **length_summary(lengths, config.max_length)}
     with staged_dir(out) as tmp:
         model_dir = tmp / "model"
         model_dir.mkdir()
@@ -77,4 +119,8 @@ def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any
             for record in clf.result.history:
                 handle.write(json.dumps(record) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(run_metrics(clf, data), indent=2) + "\n", encoding="utf-8")
+        if clf.validation is not None and clf.validation["logits"] is not None:
+            from lastpool.evaluation.report import write_report
+
+            write_report(tmp, run_report(clf, config, data, lengths))
     return out

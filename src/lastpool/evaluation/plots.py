@@ -1,0 +1,163 @@
+"""Plots for run reports, each returned as PNG bytes.
+
+Figures are built on ``matplotlib.figure.Figure`` and never through pyplot: saving a bare Figure renders
+with the Agg canvas whatever backend is configured, so no GUI backend is touched, plotting is safe from
+worker threads, and the global backend (a notebook user's choice) is left alone. They are small (about 5 x 3.5
+inches at 100 dpi) because the HTML report inlines every one of them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+DPI = 100
+WIDTH = 5.0
+HEIGHT = 3.5
+
+
+def figure_png(fig: Figure) -> bytes:
+    """Render ``fig`` to PNG bytes; no metadata, so the same plot gives the same bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _finite(values: Sequence[Any]) -> list[tuple[int, float]]:
+    """(index, value) pairs of the values that are real numbers (None or NaN mark a missing value)."""
+    out = []
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        number = float(value)
+        if number == number:  # not NaN
+            out.append((i, number))
+    return out
+
+
+def _series(ax: Axes, epochs: Sequence[Any], values: Sequence[Any], label: str, marker: str) -> None:
+    points = _finite(values)
+    if points:
+        ax.plot([epochs[i] for i, _ in points], [v for _, v in points], marker=marker, label=label)
+
+
+def training_curves(history: Sequence[Mapping[str, Any]]) -> bytes:
+    """Losses (train, validation) on the left and validation accuracy and macro-F1 on the right, per epoch.
+
+    Separate axes, because losses are unbounded while the scores live in [0, 1].
+    """
+    fig = Figure(figsize=(2 * WIDTH, HEIGHT), layout="constrained")
+    loss_ax, score_ax = fig.subplots(1, 2)
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
+    _series(loss_ax, epochs, [row.get("train_loss") for row in history], "train loss", "o")
+    _series(loss_ax, epochs, [row.get("val_loss") for row in history], "validation loss", "s")
+    _series(score_ax, epochs, [row.get("val_accuracy") for row in history], "validation accuracy", "o")
+    _series(score_ax, epochs, [row.get("val_macro_f1") for row in history], "validation macro-F1", "s")
+    loss_ax.set_title("loss")
+    score_ax.set_title("validation scores")
+    score_ax.set_ylim(0.0, 1.02)
+    for ax in (loss_ax, score_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if epochs and all(isinstance(e, int) for e in epochs):
+            ax.set_xticks(sorted(set(epochs)))
+        if ax.lines:
+            ax.legend(fontsize="small")
+    return figure_png(fig)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> bytes:
+    """Counts per (true, predicted) pair, annotated in each cell; rows are the true labels."""
+    n = len(labels)
+    side = min(max(WIDTH, 1.8 + 0.55 * n), 12.0)
+    fig = Figure(figsize=(side, side * 0.8), layout="constrained")
+    ax = fig.subplots()
+    counts = [[int(v) for v in row] for row in matrix]
+    image = ax.imshow(counts, cmap="Blues", vmin=0, aspect="auto")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    top = max((v for row in counts for v in row), default=0)
+    for i, row in enumerate(counts):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize="small" if n <= 12 else "x-small",
+                    color="white" if top and value > top / 2 else "black")
+    ax.set_xticks(range(n), [str(label) for label in labels],
+                  rotation=45 if max((len(str(x)) for x in labels), default=0) > 6 else 0, ha="right")
+    ax.set_yticks(range(n), [str(label) for label in labels])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+    return figure_png(fig)
+
+
+def reliability_diagram(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]] | None = None) -> bytes:
+    """Accuracy per confidence bin against the diagonal of perfect calibration.
+
+    Bars below the diagonal mean over-confidence. With ``after`` (the bins once the temperature is
+    applied) both series are drawn side by side in each bin. Empty bins are left out.
+    """
+    fig = Figure(figsize=(WIDTH, HEIGHT + 0.5), layout="constrained")
+    ax = fig.subplots()
+    series = [("before calibration", before)]
+    if after is not None:
+        series.append(("after temperature scaling", after))
+    share = 1.0 / len(series)
+    for k, (name, bins) in enumerate(series):
+        filled = [b for b in bins if int(b.get("count", 0)) > 0]
+        widths = [(float(b["high"]) - float(b["low"])) * share for b in filled]
+        lefts = [float(b["low"]) + k * w for b, w in zip(filled, widths, strict=True)]
+        ax.bar(lefts, [float(b["accuracy"]) for b in filled], width=widths, align="edge", alpha=0.75,
+               edgecolor="black", linewidth=0.5, label=name)
+    ax.plot([0.0, 1.0], [0.0, 1.0], linestyle="--", color="gray", label="perfect calibration")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability diagram")
+    ax.legend(fontsize="small", loc="upper left")
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def per_class_f1(per_class: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """Horizontal F1 bars, one per label, with the value and support written beside each bar."""
+    names = list(per_class)
+    fig = Figure(figsize=(WIDTH, min(max(HEIGHT, 1.0 + 0.35 * len(names)), 14.0)), layout="constrained")
+    ax = fig.subplots()
+    scores = [float(per_class[name]["f1"]) for name in names]
+    positions = list(range(len(names)))
+    ax.barh(positions, scores, color="tab:blue", alpha=0.8)
+    for y, name, score in zip(positions, names, scores, strict=True):
+        ax.text(min(score, 1.0) + 0.01, y, f"{score:.3f} (n={int(per_class[name].get('support', 0))})",
+                va="center", fontsize="small")
+    ax.set_yticks(positions, [str(name) for name in names])
+    ax.invert_yaxis()  # first label on top, as in the tables
+    ax.set_xlim(0.0, 1.3)
+    ax.set_xticks([0.0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_xlabel("F1")
+    ax.set_title("F1 per class")
+    ax.grid(axis="x", alpha=0.3)
+    return figure_png(fig)
+
+
+def token_length_histogram(lengths: Sequence[int], max_length: int) -> bytes:
+    """Tokens per text before truncation, with the truncation length marked: the bars past the line
+    are the texts the model sees only in part."""
+    fig = Figure(figsize=(WIDTH, HEIGHT), layout="constrained")
+    ax = fig.subplots()
+    values = [int(v) for v in lengths]
+    if values:
+        ax.hist(values, bins=min(40, max(5, len(set(values)))), color="tab:blue", alpha=0.8)
+    truncated = sum(v > max_length for v in values)
+    share = truncated / len(values) if values else 0.0
+    ax.axvline(max_length, color="tab:red", linestyle="--",
+               label=f"max_length = {max_length} ({share:.1%} truncated)")
+    ax.set_xlabel("tokens per text (before truncation)")
+    ax.set_ylabel("texts")
+    ax.set_title("text lengths")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return figure_png(fig)

@@ -1,0 +1,398 @@
+"""Run reports: ``report.md`` beside ``plots/*.png``, and a self-contained ``report.html``.
+
+Both documents are rendered from one list of blocks, so they always say the same thing. The HTML file
+inlines every plot as a ``data:`` URI and its CSS in a ``<style>`` tag, and a Content-Security-Policy
+forbids any other source: it can be mailed or archived alone and opens offline. All text that comes
+from the run (labels, texts, paths, config values) is escaped for the format it goes into.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lastpool.evaluation import plots
+from lastpool.evaluation.model_card import md_code, md_text, wilson_interval
+from lastpool.fileio import atomic_write_text, staged_file
+
+MAX_ERRORS = 10
+MAX_ERROR_CHARS = 400
+PLOTS_DIR = "plots"
+
+
+@dataclass
+class RunReport:
+    """Everything a report shows about one training run (plain data, so it can come from JSON files)."""
+
+    title: str
+    config: dict[str, Any]
+    data: dict[str, Any]  # source, rows, class_counts, token_lengths (before truncation), max_length
+    history: list[dict[str, Any]]  # per epoch: epoch, train_loss, val_loss, val_accuracy, val_macro_f1, seconds
+    val: dict[str, Any]  # classification_metrics() on the validation split
+    calibration: dict[str, Any] | None  # temperature, ece_before, ece_after, log_loss_before, log_loss_after
+    reliability_before: list[dict[str, Any]]  # reliability_bins() at temperature 1
+    reliability_after: list[dict[str, Any]] | None  # reliability_bins() at the fitted temperature
+    worst_errors: list[dict[str, Any]]  # text, label, predicted, confidence; most confident first
+    best_epoch: int
+
+
+# ----------------------------------------------------------------------------- document blocks
+@dataclass
+class Code:
+    """Inline code inside a paragraph (a path, a label, a prompt): shown verbatim."""
+
+    text: str
+
+
+Inline = str | Code
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Para:
+    parts: list[Inline]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]  # right-align these columns
+
+
+@dataclass
+class Image:
+    name: str  # the plot's file stem under plots/
+    alt: str
+
+
+Block = Heading | Para | Table | Image
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A metric for display; ``n/a`` where it was not measured."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    number = float(value)
+    return "n/a" if math.isnan(number) else f"{number:.{digits}f}"
+
+
+def _config_value(value: Any) -> str:
+    """Strings as they are (control characters made visible), anything else as JSON."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)[1:-1] if any(ord(c) < 32 for c in value) else value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _shorten(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _percentile(values: Sequence[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# ----------------------------------------------------------------------------- content
+def _summary(report: RunReport) -> list[Block]:
+    val = report.val
+    n = int(val.get("n", 0))
+    accuracy = val.get("accuracy")
+    acc_text = _fmt(accuracy)
+    if accuracy is not None and n:
+        low, high = wilson_interval(float(accuracy), n)
+        acc_text += f" (95% Wilson interval {low:.4f} to {high:.4f})"
+    rows = [
+        ["validation texts", str(n)],
+        ["accuracy", acc_text],
+        ["macro-F1", _fmt(val.get("macro_f1"))],
+        ["weighted F1", _fmt(val.get("weighted_f1"))],
+        ["log loss", _fmt(val.get("log_loss"))],
+        ["ECE (expected calibration error)", _fmt(val.get("ece"))],
+    ]
+    cal = report.calibration
+    if cal is not None:
+        rows += [
+            ["temperature", _fmt(cal.get("temperature"))],
+            ["log loss after temperature scaling", _fmt(cal.get("log_loss_after"))],
+            ["ECE after temperature scaling", _fmt(cal.get("ece_after"))],
+        ]
+    rows.append(["best epoch", str(report.best_epoch)])
+    return [
+        Heading(2, "Summary"),
+        Para(["Scores on the validation split, for the model of the best epoch. "
+              "Log loss and ECE are for the uncalibrated probabilities (temperature 1)."]),
+        Table(["metric", "value"], rows, [False, True]),
+    ]
+
+
+def _data(report: RunReport, images: set[str]) -> list[Block]:
+    data = report.data
+    counts: dict[str, int] = {str(k): int(v) for k, v in (data.get("class_counts") or {}).items()}
+    total = sum(counts.values())
+    blocks: list[Block] = [
+        Heading(2, "Data"),
+        Para(["Source: ", Code(str(data.get("source", "unknown"))), f"; {data.get('rows', total)} rows."]),
+    ]
+    if counts:
+        blocks.append(Table(["label", "texts", "share"],
+                            [[label, str(c), f"{c / total:.1%}" if total else "n/a"] for label, c in counts.items()],
+                            [False, True, True]))
+    lengths = [int(v) for v in data.get("token_lengths") or []]
+    max_length = data.get("max_length")
+    if lengths and max_length is not None:
+        truncated = sum(v > int(max_length) for v in lengths)
+        blocks.append(Para([
+            f"Tokens per text before truncation: median {statistics.median(lengths):g}, "
+            f"95th percentile {_percentile(lengths, 0.95)}, maximum {max(lengths)}. "
+            f"{truncated / len(lengths):.1%} of texts ({truncated} of {len(lengths)}) are longer than "
+            f"max_length = {max_length} tokens and were cut to fit."
+        ]))
+    if "token_lengths" in images:
+        blocks.append(Image("token_lengths", "Histogram of tokens per text, with max_length marked"))
+    return blocks
+
+
+def _training(report: RunReport, images: set[str]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Training curves")]
+    if not report.history:
+        return [*blocks, Para(["No per-epoch history was recorded."])]
+    if "training_curves" in images:
+        blocks.append(Image("training_curves",
+                            "Training and validation loss, validation accuracy and macro-F1 per epoch"))
+    rows = [[str(h.get("epoch", i + 1)), _fmt(h.get("train_loss")), _fmt(h.get("val_loss")),
+             _fmt(h.get("val_accuracy")), _fmt(h.get("val_macro_f1")), _fmt(h.get("seconds"), 1)]
+            for i, h in enumerate(report.history)]
+    blocks.append(Table(["epoch", "train loss", "val loss", "val accuracy", "val macro-F1", "seconds"], rows,
+                        [True] * 6))
+    blocks.append(Para([f"The saved model is the one from epoch {report.best_epoch}."]))
+    return blocks
+
+
+def _confusion(report: RunReport, images: set[str]) -> list[Block]:
+    labels = [str(x) for x in report.val.get("labels", [])]
+    matrix = report.val.get("confusion_matrix") or []
+    blocks: list[Block] = [Heading(2, "Confusion matrix"),
+                           Para(["Rows are the true labels, columns the predicted ones."])]
+    if "confusion_matrix" in images:
+        blocks.append(Image("confusion_matrix", "Confusion matrix of the validation split"))
+    if labels and matrix:
+        blocks.append(Table(["true \\ predicted", *labels],
+                            [[label, *(str(int(v)) for v in row)] for label, row in zip(labels, matrix, strict=True)],
+                            [False] + [True] * len(labels)))
+    return blocks
+
+
+def _per_class(report: RunReport, images: set[str]) -> list[Block]:
+    per_class = report.val.get("per_class") or {}
+    blocks: list[Block] = [Heading(2, "Per-class scores")]
+    blocks.append(Table(["label", "precision", "recall", "F1", "support"],
+                        [[str(name), _fmt(s.get("precision")), _fmt(s.get("recall")), _fmt(s.get("f1")),
+                          str(s.get("support", ""))] for name, s in per_class.items()],
+                        [False, True, True, True, True]))
+    if "per_class_f1" in images:
+        blocks.append(Image("per_class_f1", "F1 score per class"))
+    return blocks
+
+
+def _calibration(report: RunReport, images: set[str]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Calibration")]
+    cal = report.calibration
+    if cal is None:
+        blocks.append(Para([f"No temperature was fitted; the expected calibration error of the validation "
+                            f"probabilities is {_fmt(report.val.get('ece'))}."]))
+    else:
+        blocks.append(Para([
+            f"Temperature scaling divides the logits by T = {_fmt(cal.get('temperature'))}, fitted on the "
+            "validation split; it changes no prediction, only the confidence. The scores before and after are "
+            "measured on the validation texts the temperature was fitted on, so the improvement is optimistic."
+        ]))
+        blocks.append(Table(["", "before", "after"], [
+            ["ECE", _fmt(cal.get("ece_before")), _fmt(cal.get("ece_after"))],
+            ["log loss", _fmt(cal.get("log_loss_before")), _fmt(cal.get("log_loss_after"))],
+        ], [False, True, True]))
+    if "reliability" in images:
+        blocks.append(Para(["Bars below the diagonal mean over-confidence: in those bins the model is right "
+                            "less often than its probability says."]))
+        blocks.append(Image("reliability", "Reliability diagram: accuracy per confidence bin"))
+    return blocks
+
+
+def _errors(report: RunReport) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Most confident errors")]
+    errors = report.worst_errors[:MAX_ERRORS]
+    if not errors:
+        return [*blocks, Para(["The model gets every validation text right."])]
+    blocks.append(Para([f"The {len(errors)} validation texts the model gets wrong with the highest confidence "
+                        f"(texts cut at {MAX_ERROR_CHARS} characters). They are worth reading: some are "
+                        "labelling mistakes."]))
+    blocks.append(Table(["confidence", "true label", "predicted", "text"],
+                        [[_fmt(e.get("confidence"), 3), str(e.get("label", "")), str(e.get("predicted", "")),
+                          _shorten(str(e.get("text", "")))] for e in errors],
+                        [True, False, False, False]))
+    return blocks
+
+
+def _configuration(report: RunReport) -> list[Block]:
+    return [Heading(2, "Configuration"),
+            Table(["setting", "value"], [[str(k), _config_value(v)] for k, v in report.config.items()],
+                  [False, False])]
+
+
+def report_blocks(report: RunReport, images: set[str]) -> list[Block]:
+    """The report's content, in order; ``images`` names the plots that exist (the others are left out)."""
+    return [
+        Heading(1, report.title),
+        *_summary(report),
+        *_data(report, images),
+        *_training(report, images),
+        *_confusion(report, images),
+        *_per_class(report, images),
+        *_calibration(report, images),
+        *_errors(report),
+        *_configuration(report),
+    ]
+
+
+def report_plots(report: RunReport) -> dict[str, bytes]:
+    """PNG bytes per plot name, for the plots the report has data for."""
+    out: dict[str, bytes] = {}
+    if report.history:
+        out["training_curves"] = plots.training_curves(report.history)
+    labels = report.val.get("labels") or []
+    if labels and report.val.get("confusion_matrix"):
+        out["confusion_matrix"] = plots.confusion_matrix(report.val["confusion_matrix"], labels)
+    if report.val.get("per_class"):
+        out["per_class_f1"] = plots.per_class_f1(report.val["per_class"])
+    if any(int(b.get("count", 0)) for b in report.reliability_before):
+        out["reliability"] = plots.reliability_diagram(report.reliability_before, report.reliability_after)
+    lengths = report.data.get("token_lengths") or []
+    if lengths and report.data.get("max_length") is not None:
+        out["token_lengths"] = plots.token_length_histogram(lengths, int(report.data["max_length"]))
+    return out
+
+
+# ----------------------------------------------------------------------------- Markdown
+def _md_inline(parts: list[Inline]) -> str:
+    return "".join(md_code(p.text) if isinstance(p, Code) else md_text(p) for p in parts)
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    """Markdown with images referenced as ``plots/<name>.png``."""
+    chunks: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            chunks.append(f"{'#' * block.level} {md_text(block.text)}")
+        elif isinstance(block, Para):
+            chunks.append(_md_inline(block.parts))
+        elif isinstance(block, Table):
+            lines = ["| " + " | ".join(md_text(h) or " " for h in block.header) + " |",
+                     "|" + "|".join("---:" if right else "---" for right in block.numeric) + "|"]
+            lines += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in block.rows]
+            chunks.append("\n".join(lines))
+        elif isinstance(block, Image):
+            chunks.append(f"![{md_text(block.alt)}]({PLOTS_DIR}/{block.name}.png)")
+    return "\n\n".join(chunks) + "\n"
+
+
+# ----------------------------------------------------------------------------- HTML
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 60rem;
+       padding: 0 1rem; color: #1f2328; line-height: 1.45; }
+h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
+table { border-collapse: collapse; margin: .8rem 0; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; vertical-align: top; }
+th { background: #f6f8fa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.text { max-width: 36rem; overflow-wrap: anywhere; }
+code { background: #f6f8fa; padding: .1rem .3rem; border-radius: 4px; white-space: pre-wrap; }
+figure { margin: 1rem 0; }
+img.plot { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+figcaption { color: #57606a; font-size: .9rem; }
+"""
+
+# Nothing but inline styles and data: images may load, so the file provably stands alone.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _html_inline(parts: list[Inline]) -> str:
+    return "".join(f"<code>{html.escape(p.text)}</code>" if isinstance(p, Code) else html.escape(p) for p in parts)
+
+
+def _html_cell(text: str, numeric: bool) -> str:
+    css = "num" if numeric else ("text" if len(text) > 40 else "")
+    body = html.escape(text).replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+    return f'<td class="{css}">{body}</td>' if css else f"<td>{body}</td>"
+
+
+def render_html(blocks: list[Block], title: str, pngs: dict[str, bytes]) -> str:
+    """One self-contained HTML page: plots as base64 ``data:`` URIs, inline CSS, no scripts, no links."""
+    body: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            body.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif isinstance(block, Para):
+            body.append(f"<p>{_html_inline(block.parts)}</p>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+            rows = "".join(
+                "<tr>" + "".join(_html_cell(cell, right) for cell, right in zip(row, block.numeric, strict=True))
+                + "</tr>" for row in block.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(block, Image):
+            data = base64.b64encode(pngs[block.name]).decode("ascii")
+            alt = html.escape(block.alt)
+            body.append(f'<figure><img class="plot" id="plot-{block.name}" alt="{alt}" '
+                        f'src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>')
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+
+
+# ----------------------------------------------------------------------------- writing
+def _write_bytes(path: Path, payload: bytes) -> None:
+    """Write bytes atomically: a temporary file beside ``path``, renamed into place once complete."""
+    with staged_file(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def write_report(folder: Path, report: RunReport) -> list[Path]:
+    """Write ``report.md``, ``report.html`` and ``plots/<name>.png`` into the existing ``folder``.
+
+    Returns the paths written, plots first. Each file is replaced atomically, and the plots are written
+    before the Markdown that references them. Plots without data (no history, no token lengths, ...)
+    are skipped and their sections say so or show only their tables.
+    """
+    pngs = report_plots(report)
+    blocks = report_blocks(report, set(pngs))
+    written: list[Path] = []
+    for name, payload in pngs.items():
+        path = folder / PLOTS_DIR / f"{name}.png"
+        _write_bytes(path, payload)
+        written.append(path)
+    md_path, html_path = folder / "report.md", folder / "report.html"
+    atomic_write_text(md_path, render_markdown(blocks))
+    atomic_write_text(html_path, render_html(blocks, report.title, pngs))
+    written += [md_path, html_path]
+    return written
