@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import re
 from pathlib import Path
 
 from lastpool.fileio import atomic_write_text
@@ -18,3 +21,30 @@ def write_section(block: str, begin: str, end: str, results: Path = RESULTS) -> 
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(results, text)
+
+
+def machine_info(threads: str | None = None) -> str:
+    """CPU model, cores, RAM, torch version and thread count, Python and kernel: the line every result names."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        found = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+        if found:
+            mem = f", {int(found.group(1)) / 2**20:.0f} GiB RAM"
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_v = f"torch {torch.__version__} ({threads or f'{torch.get_num_threads()} threads'})"
+    except ImportError:
+        torch_v = "torch ?"
+    return (f"{cpu}, {os.cpu_count()} CPUs{mem}, no GPU, {torch_v}, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -33,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import write_section  # benchmarks/ is on sys.path when run as a script
+from _results import machine_info, write_section  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -131,31 +130,6 @@ def mean_std(values: list[float]) -> str:
         return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, AttributeError):
-        pass
-    try:
-        import torch
-
-        torch_v = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    except ImportError:
-        torch_v = "torch ?"
-    return (f"{cpu}, {os.cpu_count()} CPUs{mem}, no GPU, {torch_v}, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
 
 
 def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: list[dict], warm: dict | None,

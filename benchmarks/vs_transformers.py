@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 import torch
-from _results import write_section  # benchmarks/ is on sys.path when run as a script
-from pretrained import DEFAULT_DATA, DEFAULT_MODEL, lastpool_exe, machine_info, timed
+from _results import machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from pretrained import DEFAULT_DATA, DEFAULT_MODEL, lastpool_exe, timed
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- vs_transformers:begin -->", "<!-- vs_transformers:end -->"

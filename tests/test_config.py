@@ -42,6 +42,7 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "lora_dropout": ("0.1", 0.1),
     "merge": (None, True),
     "calibrate": ("--no-calibrate", False),
+    "head_bias": ("--no-head-bias", False),
     "d_model": ("48", 48),
     "n_layers": ("3", 3),
     "n_heads": ("6", 6),

@@ -145,6 +145,7 @@ def _new_model(
         backbone=backbone_spec,
         pooling=cfg.pooling,
         head_dropout=cfg.head_dropout,
+        head_bias=cfg.head_bias,
         labels=label_names,
         max_length=cfg.max_length,
         padding_side=cfg.padding_side,

@@ -82,6 +82,7 @@ def train(
     context_length: Annotated[int | None, typer.Option(help="position table size [max length]", rich_help_panel=MODEL)] = None,  # noqa: E501
     pooling: Annotated[str | None, typer.Option(help="last, mean, max or first [last]", rich_help_panel=MODEL)] = None,
     head_dropout: Annotated[float | None, typer.Option(help="dropout before the head [0]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    head_bias: Annotated[bool | None, typer.Option("--head-bias/--no-head-bias", help="a bias in the linear head; off makes a pretrained model exportable to transformers [on]", rich_help_panel=MODEL)] = None,  # noqa: E501
     token_dropout: Annotated[float | None, typer.Option(help="training augmentation: delete this share of tokens [0.1]", rich_help_panel=MODEL)] = None,  # noqa: E501
     epochs: Annotated[int | None, typer.Option(help="[10]", rich_help_panel=OPT)] = None,
     batch_size: Annotated[int | None, typer.Option(help="[32]", rich_help_panel=OPT)] = None,
@@ -382,7 +383,7 @@ def _write_predictions(rows: list[dict[str, Any]], path: Path) -> None:
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Argument(help="run directory or model folder")],
+    model: Annotated[str, typer.Argument(help="run directory, model folder, or an exported .onnx file")],
     texts: Annotated[list[str] | None, typer.Argument(help="texts to classify")] = None,
     input: Annotated[str | None, typer.Option("--input", "-i", help="file of texts (csv, tsv, jsonl, parquet, txt)")] = None,  # noqa: A002, E501
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write predictions to .csv, .tsv or .jsonl")] = None,  # noqa: E501
@@ -399,7 +400,12 @@ def predict(
         raise ConfigError("give texts as arguments or --input FILE, not both")
     if output is not None and output.suffix.lower() not in {".csv", ".tsv", ".jsonl", ".ndjson"}:
         raise ConfigError(f"--output {output}: unsupported format; use .csv, .tsv or .jsonl")
-    clf = Classifier.load(model)
+    if model.lower().endswith(".onnx"):
+        from lastpool.export import OnnxClassifier
+
+        clf: Any = OnnxClassifier(Path(model))
+    else:
+        clf = Classifier.load(model)
     items = list(texts) if texts else read_table(input or "", text_col=text_col, require_labels=False).texts
     rows = _prediction_rows(items, clf.labels, clf.predict_proba(items))
     if output is not None:
@@ -417,6 +423,66 @@ def predict(
         for row in rows:
             table.add_row(row["label"], *(f"{row[f'prob_{n}']:.3f}" for n in clf.labels), row["text"])
         out.print(table)
+
+
+@app.command("export")
+def export_model(
+    model: Annotated[str, typer.Argument(help="run directory or model folder")],
+    format: Annotated[str, typer.Option("--format", "-f", help="hf (a transformers folder) or onnx (one .onnx file)")],  # noqa: A002, E501
+    out: Annotated[Path, typer.Option(help="output folder (hf) or .onnx file (onnx)")],
+) -> None:
+    """Export for transformers (AutoModelForSequenceClassification / pipeline) or ONNX Runtime; the export
+    is checked against lastpool's own logits before it is written."""
+    from lastpool.classifier import Classifier
+    from lastpool.export import export_hf, export_onnx
+
+    if format not in ("hf", "onnx"):
+        raise ConfigError(f"--format must be hf or onnx (got {format!r})")
+    if out.exists() and (format == "onnx" or (out.is_dir() and any(out.iterdir()))):
+        raise ConfigError(f"{out} already exists; choose another --out")
+    clf = Classifier.load(model)
+    if format == "hf":
+        export_hf(clf, out)
+    else:
+        export_onnx(clf, out)
+    err.print(f"exported {model} to {out} ({format})")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="run directory or model folder")],
+    host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",  # noqa: E501
+    port: Annotated[int, typer.Option(help="TCP port; 0 = any free port (the line printed on start names it)")] = 8000,  # noqa: E501
+    max_batch: Annotated[int, typer.Option(help="most texts in one request (413 beyond)")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body in bytes (413 beyond)")] = 1_000_000,
+    api_key: Annotated[str | None, typer.Option(envvar="LASTPOOL_API_KEY", show_envvar=True, help="require 'Authorization: Bearer KEY' on /v1/*")] = None,  # noqa: E501
+    batch_wait_ms: Annotated[float, typer.Option(help="micro-batching: how long the first request of a batch waits for others")] = 5.0,  # noqa: E501
+    max_batch_tokens: Annotated[int, typer.Option(help="micro-batching: token budget of one model call")] = 4096,
+    micro_batching: Annotated[bool, typer.Option("--micro-batching/--no-micro-batching", help="run concurrent requests' texts in one model call")] = True,  # noqa: E501
+    log_level: Annotated[str, typer.Option(help="critical, error, warning, info (with access log) or debug")] = "info",  # noqa: E501
+) -> None:
+    """Serve a model over HTTP: POST /v1/classify, GET /v1/model, GET /health, docs at /docs. Stops
+    gracefully on SIGTERM or Ctrl-C (requests in flight are answered first)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535 (got {port})")
+    for flag, value in (("--max-batch", max_batch), ("--max-body-bytes", max_body_bytes),
+                        ("--max-batch-tokens", max_batch_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be positive (got {value})")
+    if not batch_wait_ms >= 0:  # also catches nan
+        raise ConfigError(f"--batch-wait-ms must be 0 or more (got {batch_wait_ms})")
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("--api-key (or LASTPOOL_API_KEY) is empty")
+    from lastpool.serving.app import serve as run_server
+
+    def announce(url: str) -> None:
+        auth = ", API key required on /v1/*" if api_key else ""
+        sys.stderr.write(f"serving {model} at {url}  (docs: {url}/docs{auth}; Ctrl-C or SIGTERM to stop)\n")
+        sys.stderr.flush()
+
+    run_server(model, host, port, max_batch=max_batch, max_body_bytes=max_body_bytes, api_key=api_key,
+               batch_wait_ms=batch_wait_ms, max_batch_tokens=max_batch_tokens, micro_batching=micro_batching,
+               log_level=log_level.lower(), announce=announce)
 
 
 # typer >= 0.2x ships its own copy of click (``typer._click``) whose exceptions are not click's, so

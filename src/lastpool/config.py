@@ -61,6 +61,7 @@ class RunConfig(BaseModel):
     context_length: int | None = Field(default=None, gt=0, description="position table size (default max_length)")
     pooling: PoolingName = Field(default="last", description="last, mean, max or first")
     head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    head_bias: bool = Field(default=True, description="a bias in the linear head (off: exportable to transformers)")
     token_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="training: delete tokens at this rate")
 
     # optimisation
@@ -87,6 +88,8 @@ class RunConfig(BaseModel):
             raise ValueError(f"context_length ({self.context_length}) is below max_length ({self.max_length})")
         if self.prompt.count("{text}") != 1:
             raise ValueError(f"prompt must contain {{text}} exactly once (got {self.prompt!r})")
+        if self.mode == "probe" and not self.head_bias:
+            raise ValueError("--mode probe needs the head bias (its standardized features fold into it)")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels contain duplicates")
         return self

@@ -96,6 +96,7 @@ class ModelSpec(BaseModel):
     backbone: BackboneSpec
     pooling: PoolingName = "last"
     head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    head_bias: bool = True
     labels: list[str] = Field(min_length=2)
     max_length: int = Field(gt=0)
     padding_side: Literal["right", "left"] = "right"
@@ -112,14 +113,15 @@ class SequenceClassifier(nn.Module):
     """Text classifier: hidden states from the backbone, pooled by the attention mask, then a head."""
 
     def __init__(self, backbone: nn.Module, hidden_size: int, num_labels: int, pooling: str = "last",
-                 head_dropout: float = 0.0) -> None:
+                 head_dropout: float = 0.0, head_bias: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooler = Pooler(pooling)
         self.head_dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(hidden_size, num_labels)
+        self.head = nn.Linear(hidden_size, num_labels, bias=head_bias)
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One vector per row: the backbone's hidden states reduced by the pooler."""
@@ -157,6 +159,7 @@ def build_model(spec: ModelSpec, backbone: nn.Module | None = None) -> SequenceC
         num_labels=len(spec.labels),
         pooling=spec.pooling,
         head_dropout=spec.head_dropout,
+        head_bias=spec.head_bias,
     )
 
 

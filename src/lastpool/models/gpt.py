@@ -50,11 +50,10 @@ def attention_bias(attention_mask: torch.Tensor) -> torch.Tensor:
     Each query may always see itself, so a padding query (whose earlier keys are all padding under
     left padding) gets a finite output instead of NaN; no real token ever sees a padded key.
     """
-    seq_len = attention_mask.shape[-1]
-    device = attention_mask.device
-    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    index = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    causal = index[:, None] >= index[None, :]
+    diagonal = index[:, None] == index[None, :]  # not torch.eye: ONNX Runtime has no bool EyeLike kernel
     keys = attention_mask.bool()[:, None, None, :]
-    diagonal = torch.eye(seq_len, dtype=torch.bool, device=device)
     return causal & (keys | diagonal)
 
 

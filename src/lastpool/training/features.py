@@ -83,6 +83,8 @@ def standardizer(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def fold_standardization(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
     """Make ``head(x)`` equal the trained ``head((x - mean) / std)``, so raw features go in at inference."""
+    if head.bias is None:
+        raise ValueError("folding a standardization needs a head bias")
     weight = head.weight / std
     head.bias.copy_(head.bias - weight @ mean)
     head.weight.copy_(weight)

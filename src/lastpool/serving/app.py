@@ -1,0 +1,433 @@
+"""The HTTP API: ``create_app`` builds the FastAPI app around a loaded ``Classifier``; ``serve`` runs it.
+
+Endpoints: ``POST /v1/classify``, ``GET /v1/model``, ``GET /health`` and FastAPI's docs at ``/docs``.
+Every error is a JSON body ``{"error": {"code", "type", "message"}}``. Requests are micro-batched
+(see ``batcher.py``). The API key and the body-size limit are checked in an ASGI middleware before any
+byte of the body is parsed, so an unauthenticated or oversized request costs no JSON parsing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import signal
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRouter
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lastpool.errors import ConfigError
+from lastpool.models.classifier_model import PretrainedBackboneSpec
+from lastpool.serving.batcher import BatcherClosedError, MicroBatcher, ModelCallError
+from lastpool.version import __version__
+
+if TYPE_CHECKING:
+    from lastpool.classifier import Classifier
+
+
+API_PREFIX = "/v1"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+ERROR_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 422: "validation_error", 500: "internal_error", 503: "unavailable"}
+
+
+# ------------------------------------------------------------------------------------------ schemas
+class ClassifyRequest(BaseModel):
+    """Strict types: a number is not silently taken for a text, nor a string for a list of texts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[StrictStr] = Field(min_length=1, description="texts to classify (at most the server's max batch)")
+    top_k: StrictInt | None = Field(default=None, description="also return the k most probable labels (1..labels)")
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ClassifyResult(BaseModel):
+    label: str = Field(description="the most probable label")
+    probabilities: dict[str, float] = Field(description="every label's probability, in the model's label order")
+    top_k: list[LabelProbability] | None = Field(default=None, description="only when top_k was given")
+    truncated: bool = Field(description="the text was longer than the model's max_length tokens and was cut")
+
+
+class ModelRef(BaseModel):
+    id: str = Field(description="short hash of the model's lastpool.json (architecture, labels, training record)")
+    name: str | None = None
+    backbone: str
+
+
+class ClassifyResponse(BaseModel):
+    results: list[ClassifyResult]
+    truncated_count: int
+    model: ModelRef
+
+
+class ErrorBody(BaseModel):
+    code: int
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": ERROR_TYPES[code]} for code in (401, 413, 422, 500, 503)
+}
+
+
+class APIError(Exception):
+    """An error answered as ``{"error": {...}}`` with this status."""
+
+    def __init__(self, status: int, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+
+def error_response(status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "type": type_, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+# ------------------------------------------------------------------------------------------ guard
+class RequestGuard:
+    """ASGI middleware: API key on ``/v1/*``, then the body-size limit, before the app sees the request.
+
+    The limit is checked on ``Content-Length`` and again on the bytes actually received, so a chunked
+    body (no ``Content-Length``) or a lying header cannot get past it. The body is read here (at most
+    ``max_body_bytes``) and replayed to the app. A POST without ``Content-Type`` is treated as JSON.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_key: str | None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.api_key = api_key.encode("utf-8") if api_key is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {name.lower(): value for name, value in scope["headers"]}
+        path = scope["path"]
+        protected = self.api_key is not None and (path == API_PREFIX or path.startswith(API_PREFIX + "/"))
+        if protected and not self._authorized(headers.get(b"authorization", b"")):
+            response = error_response(401, "unauthorized", "missing or wrong API key: send 'Authorization: "
+                                      "Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        too_large = error_response(413, "payload_too_large",
+                                   f"request body is larger than the limit of {self.max_body_bytes} bytes")
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await error_response(400, "bad_request", "invalid Content-Length header")(scope, receive, send)
+                return
+            if length > self.max_body_bytes:
+                await too_large(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away; nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await too_large(scope, receive, send)  # uvicorn discards the rest of the body
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if scope["method"] == "POST" and b"content-type" not in headers:
+            scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later calls: wait for the disconnect, as the app expects
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, token = header.partition(b" ")
+        assert self.api_key is not None
+        return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.api_key)
+
+
+# ------------------------------------------------------------------------------------------ app
+def model_info(clf: Classifier) -> dict[str, Any]:
+    """What a client needs to know about the served model (``GET /v1/model``)."""
+    spec = clf.spec
+    assert spec is not None
+    backbone: dict[str, Any] = {"type": spec.backbone.type}
+    if isinstance(spec.backbone, PretrainedBackboneSpec):
+        backbone.update(source=spec.backbone.source, model_type=spec.backbone.model_type, layer=spec.backbone.layer)
+    else:
+        cfg = spec.backbone.config
+        backbone.update(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
+    return {"labels": list(spec.labels), "backbone": backbone, "mode": spec.mode, "pooling": spec.pooling,
+            "max_length": spec.max_length, "padding_side": spec.padding_side, "prompt": spec.prompt,
+            "temperature": spec.temperature, "precision": spec.precision,
+            "model_library_version": spec.library_version, "lastpool_version": __version__}
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
+    """(error type, one readable line) from pydantic's error list."""
+    errors = list(exc.errors())
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            detail = (error.get("ctx") or {}).get("error", "JSON decode error")
+            loc = error.get("loc", ())
+            where = f" at position {loc[1]}" if len(loc) > 1 else ""
+            return "invalid_json", f"malformed JSON body{where}: {detail}"
+    parts = []
+    for error in errors[:5]:
+        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        if not loc and isinstance(error.get("input"), bytes):  # a body FastAPI did not parse as JSON
+            parts.append("the body must be a JSON object (send Content-Type: application/json)")
+            continue
+        parts.append(f"{'.'.join(loc) or 'body'}: {error.get('msg', 'invalid value')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "validation_error", "; ".join(parts) + more
+
+
+def create_app(
+    clf: Classifier,
+    *,
+    max_batch: int = 64,
+    max_body_bytes: int = 1_000_000,
+    api_key: str | None = None,
+    batch_wait_ms: float = 5.0,
+    max_batch_tokens: int = 4096,
+    micro_batching: bool = True,
+    max_batch_texts: int = 256,
+    model_name: str | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``clf``; ``app.state.batcher`` is its ``MicroBatcher`` (with ``stats``).
+
+    ``max_batch`` bounds the texts of one request (413 beyond), ``max_batch_texts`` and
+    ``max_batch_tokens`` those of one micro-batch (several requests). ``api_key`` protects ``/v1/*``.
+    """
+    spec, encoder = clf.spec, clf.encoder
+    if spec is None or encoder is None:
+        raise ConfigError("create_app needs a fitted or loaded Classifier")
+    for name, value in (("max_batch", max_batch), ("max_body_bytes", max_body_bytes),
+                        ("max_batch_tokens", max_batch_tokens), ("max_batch_texts", max_batch_texts)):
+        if value < 1:
+            raise ConfigError(f"{name} must be positive (got {value})")
+    if batch_wait_ms < 0:
+        raise ConfigError(f"batch_wait_ms must be >= 0 (got {batch_wait_ms})")
+    if api_key is not None and not api_key.strip():
+        raise ConfigError("the API key is empty")
+
+    labels = list(spec.labels)
+    max_length = spec.max_length
+    info = model_info(clf)
+    backbone = spec.backbone.source if isinstance(spec.backbone, PretrainedBackboneSpec) else "scratch"
+    ref = ModelRef(id=hashlib.sha256(spec.model_dump_json().encode("utf-8")).hexdigest()[:12], name=model_name,
+                   backbone=backbone)
+    batcher = MicroBatcher(clf.predict_proba, encoder.lengths, max_length=max_length, batch_wait_ms=batch_wait_ms,
+                           max_batch_tokens=max_batch_tokens, max_batch_texts=max(max_batch_texts, 1),
+                           enabled=micro_batching)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uvicorn runs the shutdown half only after in-flight requests are answered (or the graceful
+        # timeout passed); stop() then answers anything still queued before the worker thread ends.
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="lastpool", version=__version__, lifespan=lifespan,
+                  description=f"Text classification with a lastpool model. Labels: {', '.join(labels)}.")
+    app.state.batcher = batcher
+    app.state.classifier = clf
+    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, api_key=api_key)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.type, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        type_, message = _validation_message(exc)
+        return error_response(422, type_, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, ERROR_TYPES.get(exc.status_code, "http_error"), str(exc.detail),
+                              headers=dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises the exception after this response is sent, so uvicorn logs the traceback.
+        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+
+    # The bearer scheme is declared so /docs shows it; RequestGuard enforces it before the body is read.
+    security = [Security(HTTPBearer(auto_error=False))] if api_key is not None else []
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=security, responses=ERROR_RESPONSES)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process is up and serving."""
+        return {"status": "ok"}
+
+    @v1.get("/model")
+    async def get_model() -> dict[str, Any]:
+        """The served model: labels, backbone, pooling, max_length, prompt, temperature, versions, limits."""
+        return {**info, "model": ref.model_dump(),
+                "limits": {"max_batch": max_batch, "max_body_bytes": max_body_bytes, "top_k_max": len(labels)}}
+
+    @v1.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
+    async def classify(body: ClassifyRequest) -> ClassifyResponse:
+        """Classify up to ``max_batch`` texts; results come back in request order."""
+        texts = body.texts
+        if len(texts) > max_batch:
+            raise APIError(413, "too_many_texts", f"{len(texts)} texts in one request; the limit is {max_batch}")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise APIError(422, "validation_error", f"texts.{i}: empty text")
+        if body.top_k is not None and not 1 <= body.top_k <= len(labels):
+            raise APIError(422, "validation_error", f"top_k must be between 1 and {len(labels)} (got {body.top_k})")
+        try:
+            probabilities, lengths = await batcher.submit(texts)
+        except ModelCallError as exc:
+            raise APIError(500, "model_error", f"the model failed on this batch: {exc}") from None
+        except BatcherClosedError as exc:
+            raise APIError(503, "unavailable", str(exc)) from None
+        results = [_result(row, labels, body.top_k, n > max_length) for row, n in zip(probabilities, lengths,
+                                                                                        strict=True)]
+        return ClassifyResponse(results=results, truncated_count=sum(r.truncated for r in results), model=ref)
+
+    app.include_router(v1)
+    return app
+
+
+def _result(row: np.ndarray, labels: Sequence[str], top_k: int | None, truncated: bool) -> ClassifyResult:
+    values = [float(p) for p in row.tolist()]
+    best = max(range(len(labels)), key=values.__getitem__)
+    top = None
+    if top_k is not None:
+        order = sorted(range(len(labels)), key=lambda i: (-values[i], i))[:top_k]
+        top = [LabelProbability(label=labels[i], probability=values[i]) for i in order]
+    return ClassifyResult(label=labels[best], probabilities=dict(zip(labels, values, strict=True)), top_k=top,
+                          truncated=truncated)
+
+
+# ------------------------------------------------------------------------------------------ serve
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Listen on ``host:port`` before uvicorn starts, so a busy port is a ConfigError (exit 2), not a
+    log line and exit 1, and port 0 (any free port) can be announced with the port the OS chose."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: cannot resolve ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class AnnouncingServer(uvicorn.Server):
+    """A uvicorn server that calls ``on_started`` once it accepts connections (after the lifespan startup),
+    so the "serving at URL" line is only printed when the URL works."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_started()
+
+
+def serve(
+    model_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    max_batch: int = 64,
+    max_body_bytes: int = 1_000_000,
+    api_key: str | None = None,
+    batch_wait_ms: float = 5.0,
+    max_batch_tokens: int = 4096,
+    micro_batching: bool = True,
+    log_level: str = "info",
+    timeout_graceful_shutdown: int = 30,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Load the model and serve it with uvicorn until SIGTERM/SIGINT; then stop accepting, answer the
+    requests in flight (for at most ``timeout_graceful_shutdown`` seconds) and return normally.
+
+    ``announce(url)`` is called once the server accepts connections.
+    """
+    from lastpool.classifier import Classifier
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be between 0 and 65535 (got {port})")
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)} (got {log_level!r})")
+    clf = Classifier.load(model_path)
+    app = create_app(clf, max_batch=max_batch, max_body_bytes=max_body_bytes, api_key=api_key,
+                     batch_wait_ms=batch_wait_ms, max_batch_tokens=max_batch_tokens, micro_batching=micro_batching,
+                     model_name=Path(model_path).resolve().name)
+    sock = bind_socket(host, port)
+    url = url_of(sock)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=timeout_graceful_shutdown,
+                            lifespan="on", access_log=log_level in ("debug", "trace", "info"))
+    server = AnnouncingServer(config, lambda: announce(url) if announce is not None else None)
+    # uvicorn re-raises the signal that stopped it, once it has shut down, under the handler that was in
+    # place before it started. This handler there makes a graceful stop end in a normal return (exit 0)
+    # rather than death by SIGTERM or a KeyboardInterrupt, and a signal that comes before uvicorn has
+    # installed its own handlers still stops the server.
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM) if main_thread else ()
+    previous = {sig: signal.signal(sig, request_stop) for sig in signals}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
