@@ -87,7 +87,7 @@ def test_save_load_roundtrip_is_exact(fitted: Classifier, held_out: tuple[list[s
                                       tmp_path: Path) -> None:
     texts, _ = held_out
     folder = fitted.save(tmp_path / "model")
-    assert sorted(p.name for p in folder.iterdir()) >= ["lastpool.json", "model.safetensors", "tokenizer.json"]
+    assert {"lastpool.json", "model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
     spec = json.loads((folder / "lastpool.json").read_text())
     assert spec["labels"] == LABELS and spec["pooling"] == "last" and spec["max_length"] == 32

@@ -229,8 +229,9 @@ def test_bf16_inference_runs_on_a_bf16_copy_and_keeps_float32_weights(llama_fold
     runner = clf._bf16_runner[1]
     assert all(p.dtype == torch.bfloat16 for p in runner.parameters())
     assert all(p.dtype == torch.float32 for p in clf.model.parameters())  # training and saving stay float32
+    assert clf.spec is not None
     autocast = softmax(predict_logits(clf.model, clf.encoder.encode(texts[:6]), clf.encoder.pad_token_id,
-                                      precision="bf16"))
+                                      precision="bf16"), clf.spec.temperature)
     np.testing.assert_allclose(proba, autocast, atol=0.02)  # the same model, up to bf16 rounding
     clf.fit(texts, labels)  # a new model: the copy is remade
     clf.predict_proba(texts[:2])
