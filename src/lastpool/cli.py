@@ -400,6 +400,10 @@ def predict(
         raise ConfigError("give texts as arguments or --input FILE, not both")
     if output is not None and output.suffix.lower() not in {".csv", ".tsv", ".jsonl", ".ndjson"}:
         raise ConfigError(f"--output {output}: unsupported format; use .csv, .tsv or .jsonl")
+    if output is not None:
+        from lastpool.runs import check_output_file
+
+        check_output_file(output)
     if model.lower().endswith(".onnx"):
         from lastpool.export import OnnxClassifier
 
@@ -440,6 +444,12 @@ def export_model(
         raise ConfigError(f"--format must be hf or onnx (got {format!r})")
     if out.exists() and (format == "onnx" or (out.is_dir() and any(out.iterdir()))):
         raise ConfigError(f"{out} already exists; choose another --out")
+    from lastpool.runs import check_output_dir, check_output_file
+
+    if format == "onnx":
+        check_output_file(out, "--out")
+    else:
+        check_output_dir(out)
     clf = Classifier.load(model)
     if format == "hf":
         export_hf(clf, out)
@@ -516,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=argv, standalone_mode=False, prog_name="lastpool")
     except LastpoolError as exc:
         sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except OSError as exc:  # the file system said no (disk full, permissions, ...): say what and where
+        where = f": {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
         return 2
     except _ABORTS:
         err.print("aborted")

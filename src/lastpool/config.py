@@ -20,7 +20,7 @@ from lastpool.models.pooling import PoolingName
 class RunConfig(BaseModel):
     """Everything that defines a training run. Defaults are the recommended from-scratch setup."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # data
     data: str | None = Field(default=None, description="training data file; the built-in demo set if unset")

@@ -44,6 +44,22 @@ def check_output_dir(path: Path) -> None:
         raise ConfigError(f"cannot write to output directory {parent}: {exc.strerror or exc}") from None
 
 
+def check_output_file(path: Path, what: str = "--output") -> None:
+    """Fail before any work if ``path`` cannot be written as a file (its folder is missing or not
+    writable, or it is a folder itself)."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {what} {path}: {parent} is not an existing directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".lastpool-write-test")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+
+
 def data_summary(texts: list[str], labels: list[str], source: str) -> dict[str, Any]:
     return {"source": source, "rows": len(texts), "class_counts": dict(sorted(Counter(labels).items()))}
 

@@ -79,6 +79,9 @@ def read_table(
         raise DataError(f"{name}: cannot read file ({exc.strerror or exc})") from exc
     if not raw_bytes.strip():
         raise DataError(f"{name}: empty file")
+    if ext != ".parquet" and b"\x00" in raw_bytes:
+        # Text never holds NUL bytes; a UTF-16 or binary file would otherwise "decode" as Latin-1 garbage.
+        raise DataError(f"{name}: not a text file (it contains NUL bytes: binary, or UTF-16); save it as UTF-8")
 
     if ext == ".txt":
         return _read_phrasebank(raw_bytes, name, require_labels)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -107,6 +107,13 @@ class ModelSpec(BaseModel):
     mode: str = "full"
     lora: LoraSpec | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, labels: list[str]) -> list[str]:
+        if len(set(labels)) != len(labels):
+            raise ValueError("labels must be distinct")
+        return labels
 
 
 class SequenceClassifier(nn.Module):
@@ -218,7 +225,10 @@ def load_model(folder: Path) -> tuple[SequenceClassifier, ModelSpec]:
         raise ModelLoadError(f"{weights}: corrupt or truncated safetensors file ({exc})") from None
     if adapter_only(spec):
         return _load_lora(folder, spec, state), spec
-    model = build_model(spec)
+    try:
+        model = build_model(spec)
+    except (ValueError, TypeError) as exc:  # an edited config that describes no buildable model
+        raise ModelLoadError(f"{folder / SPEC_FILE}: the model it describes cannot be built ({exc})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
