@@ -49,11 +49,13 @@ def check_output_file(path: Path, what: str = "--output") -> None:
     writable, or it is a folder itself)."""
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory; give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {what} {path}: {parent} is not an existing directory")
+    existing = path.parent  # missing folders are created when writing; the nearest existing one must do
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write {what} {path}: {existing} is not a directory")
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".lastpool-write-test")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lastpool-write-test")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
