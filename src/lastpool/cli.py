@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
@@ -201,7 +202,8 @@ def cross_validation(
     for column in ("metric", "mean", "std", "95% CI"):
         rows.add_column(column, justify="right")
     for name, s in result["summary"].items():
-        rows.add_row(name, f"{s['mean']:.4f}", f"{s['std']:.4f}", f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]")
+        rows.add_row(escape(name), f"{s['mean']:.4f}", f"{s['std']:.4f}",
+                     f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]")
     out.print(rows)
     err.print(f"cross-validation saved to {out_dir}")
 
@@ -267,7 +269,7 @@ def compare_settings(
     for r in result["results"]:
         s = r["summary"][metric]
         mark = " *" if result["verdict"].get("winner") == r["name"] else ""
-        rows.add_row(r["name"] + mark, f"{s['mean']:.4f}", f"{s['std']:.4f}",
+        rows.add_row(escape(r["name"]) + mark, f"{s['mean']:.4f}", f"{s['std']:.4f}",
                      f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]")
     out.print(rows)
     out.print(verdict_text(result).replace("**", ""))
