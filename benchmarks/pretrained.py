@@ -188,8 +188,8 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
         + f"Command: `{command}`.",
         "",
         f"Model `{args.model.name}` (dequantized to float32), data `{args.data.name}`, 10% stratified validation "
-        "(lastpool's split, per seed). Flags for every run: `" + " ".join(COMMON) + "`; per mode: "
-        + "; ".join(f"{m} `" + " ".join(MODE_FLAGS[m]) + "`" for m in MODES) + ". "
+        "(lastpool's split, per seed). Flags for every run: `" + shown(COMMON) + "`; per mode: "
+        + "; ".join(f"{m} `" + shown(MODE_FLAGS[m]) + "`" for m in MODES) + ". "
         "Row 'trainer' is transformers' `AutoModelForSequenceClassification` + `Trainer` (`benchmarks/hf_trainer.py`: "
         "bf16, group_by_length, all 30 blocks, the same split, prompted texts, max length, batch, epochs and "
         "learning rate as `full`, Trainer's default linear schedule and AdamW otherwise). "
@@ -243,6 +243,15 @@ def render(args: argparse.Namespace, plan: list[tuple[str, int, int]], runs: lis
             lines.append(f"- Failure, {r['mode']} seed {r['seed']}: `{last[0][:300]}`")
     lines.append(MARK_END)
     return "\n".join(lines)
+
+
+def shown(flags: list[str]) -> str:
+    """Flags as one bash line (an argument with a newline, like the prompt, as $'...\\n...')."""
+    def quote(arg: str) -> str:
+        if "\n" not in arg:
+            return shlex.quote(arg)
+        return "$'" + arg.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+    return " ".join(quote(arg) for arg in flags)
 
 
 def write_block(block: str) -> None:
