@@ -165,6 +165,25 @@ def _runs_progress(total: int, quiet: bool) -> Progress:
 CV = "Cross-validation"
 
 
+def _resampling_setup(command: str, cfg: RunConfig, folds: int, seeds: int) -> tuple[Path, Table, list[int], int]:
+    """What cv and compare check and load before training: the output folder, the data, the seeds and
+    how many models one setting trains."""
+    from lastpool.evaluation.crossval import fold_plan
+    from lastpool.runs import check_output_dir, default_run_dir
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {seeds})")
+    if cfg.eval_data is not None:
+        raise ConfigError(f"{command} makes its own splits of --data; --eval-data does not apply")
+    out_dir = Path(cfg.out) if cfg.out else default_run_dir().with_name(f"{command}-{default_run_dir().name}")
+    check_output_dir(out_dir)
+    table = _training_table(cfg)
+    assert table.labels is not None
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    return out_dir, table, seed_list, len(fold_plan([str(x) for x in table.labels], folds, seed_list,
+                                                     cfg.val_fraction))
+
+
 @app.command("cv")
 @_with_train_options
 def cross_validation(
@@ -174,21 +193,12 @@ def cross_validation(
 ) -> None:
     """Cross-validate a training config: mean, std and 95% CI of every metric; writes cv.json and reports."""
     from lastpool.config import dump_yaml
-    from lastpool.evaluation.crossval import cross_validate, fold_plan
+    from lastpool.evaluation.crossval import cross_validate
     from lastpool.evaluation.crossval_report import cv_html, cv_markdown
-    from lastpool.runs import check_output_dir, default_run_dir
 
     cfg = _run_config(options)
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1 (got {seeds})")
-    if cfg.eval_data is not None:
-        raise ConfigError("cv makes its own splits of --data; --eval-data does not apply")
-    out_dir = Path(cfg.out) if cfg.out else default_run_dir().with_name("cv-" + default_run_dir().name)
-    check_output_dir(out_dir)
-    table = _training_table(cfg)
+    out_dir, table, seed_list, total = _resampling_setup("cv", cfg, folds, seeds)
     assert table.labels is not None
-    seed_list = [cfg.seed + i for i in range(seeds)]
-    total = len(fold_plan([str(x) for x in table.labels], folds, seed_list, cfg.val_fraction))
     with _runs_progress(total, bool(options.get("quiet"))) as progress:
         task = progress.add_task("cross-validation", total=total)
         result = cross_validate(cfg, table.texts, table.labels, folds, seed_list,
@@ -223,9 +233,8 @@ def compare_settings(
     values (e.g. --pooling last,mean,max,first); a winner is named only when it beats the runner-up beyond
     the noise (paired t-test, p < 0.05)."""
     from lastpool.config import dump_yaml
-    from lastpool.evaluation.crossval import SUMMARY_METRICS, compare, fold_plan, settings_grid
+    from lastpool.evaluation.crossval import SUMMARY_METRICS, compare, settings_grid
     from lastpool.evaluation.crossval_report import compare_html, compare_markdown, verdict_text
-    from lastpool.runs import check_output_dir, default_run_dir
 
     if metric not in SUMMARY_METRICS:
         raise ConfigError(f"--metric must be one of {', '.join(SUMMARY_METRICS)} (got {metric!r})")
@@ -243,16 +252,8 @@ def compare_settings(
     cfg = _run_config(options)
     for setting in settings_grid(axes):  # every combination must be a valid config before anything trains
         _run_config({**options, **setting})
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1 (got {seeds})")
-    if cfg.eval_data is not None:
-        raise ConfigError("compare makes its own splits of --data; --eval-data does not apply")
-    out_dir = Path(cfg.out) if cfg.out else default_run_dir().with_name("compare-" + default_run_dir().name)
-    check_output_dir(out_dir)
-    table = _training_table(cfg)
+    out_dir, table, seed_list, per_setting = _resampling_setup("compare", cfg, folds, seeds)
     assert table.labels is not None
-    seed_list = [cfg.seed + i for i in range(seeds)]
-    per_setting = len(fold_plan([str(x) for x in table.labels], folds, seed_list, cfg.val_fraction))
     total = per_setting * len(settings_grid(axes))
     with _runs_progress(total, bool(options.get("quiet"))) as progress:
         task = progress.add_task("compare", total=total)

@@ -30,18 +30,23 @@ def check_output_dir(path: Path) -> None:
         raise ConfigError(f"output directory {path} already exists and is not empty; choose another --out")
     # Probe the nearest existing ancestor without creating anything: a run that fails later (bad data,
     # bad flags) must leave no trace, not even empty parent folders.
-    parent = path.parent
-    existing = parent
+    _check_writable_ancestor(path.parent, f"cannot write to output directory {path.parent}")
+
+
+def _check_writable_ancestor(folder: Path, failure: str) -> None:
+    """The nearest existing ancestor of ``folder`` (missing ones are created when writing) must be a
+    writable directory; probed with a temporary file, creating nothing."""
+    existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"cannot write to output directory {parent}: {existing} is not a directory")
+        raise ConfigError(f"{failure}: {existing} is not a directory")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".lastpool-write-test")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"cannot write to output directory {parent}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{failure}: {exc.strerror or exc}") from None
 
 
 def check_output_file(path: Path, what: str = "--output") -> None:
@@ -49,17 +54,7 @@ def check_output_file(path: Path, what: str = "--output") -> None:
     writable, or it is a folder itself)."""
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory; give a file name")
-    existing = path.parent  # missing folders are created when writing; the nearest existing one must do
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"cannot write {what} {path}: {existing} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lastpool-write-test")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    _check_writable_ancestor(path.parent, f"cannot write {what} {path}")
 
 
 def data_summary(texts: list[str], labels: list[str], source: str) -> dict[str, Any]:
