@@ -2,8 +2,7 @@
 line on stderr, exit code 2, no traceback, and nothing written (``snapshot`` before == after).
 
 Cases already covered elsewhere (``tests/test_cli.py`` and friends) are not repeated here; the full list,
-with the test that covers each, is ``docs/RELIABILITY.md``. Cases marked ``xfail(strict=True)`` are known
-bugs: each reason names the file and line, and the mark must go once the bug is fixed.
+with the test that covers each, is ``docs/RELIABILITY.md``.
 """
 
 from __future__ import annotations
@@ -128,26 +127,26 @@ def _add_pickle(folder: Path) -> None:
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04\x95pickle")
 
 
-# id -> (damage, substring of the message, commands where it is a known bug and why)
-DAMAGES: dict[str, tuple[Callable[[Path], None], str, dict[str, str]]] = {
-    "corrupt-weights": (_corrupt_weights, "corrupt or truncated safetensors", {}),
-    "truncated-weights": (_truncate_weights, "corrupt or truncated safetensors", {}),
-    "empty-weights": (_empty_weights, "corrupt or truncated safetensors", {}),
-    "missing-weights": (_remove_weights, "missing weights file model.safetensors", {}),
-    "missing-spec": (_remove_spec, "not a lastpool model folder", {}),
-    "spec-not-json": (_spec_not_json, "invalid model description", {}),
-    "spec-not-utf8": (_spec_binary, "invalid model description", {}),
-    "spec-wrong-type": (_edit_spec(max_length="x"), "max_length", {}),
-    "spec-unknown-field": (_edit_spec(surprise=1), "surprise", {}),
-    "spec-fewer-labels-than-head": (_edit_spec(labels=["negative", "positive"]), "weights do not match", {}),
-    "spec-more-labels-than-head": (_edit_spec(labels=["a", "b", "c", "d"]), "weights do not match", {}),
-    "spec-wider-model-than-weights": (_edit_backbone_config(d_model=32), "weights do not match", {}),
-    "spec-inconsistent-architecture": (_edit_backbone_config(n_heads=3), "cannot be built", {}),
-    "spec-duplicate-labels": (_edit_spec(labels=["a", "a", "b"]), "labels must be distinct", {}),
-    "spec-prompt-without-slot": (_edit_spec(prompt="Sentiment:"), "{text}", {}),
-    "missing-tokenizer": (_remove_tokenizer, "tokenizer files are missing", {}),
-    "corrupt-tokenizer": (_corrupt_tokenizer, "could not load the saved tokenizer", {}),
-    "pickle-file-present": (_add_pickle, "pickle", {}),
+# id -> (damage, substring of the message)
+DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "corrupt-weights": (_corrupt_weights, "corrupt or truncated safetensors"),
+    "truncated-weights": (_truncate_weights, "corrupt or truncated safetensors"),
+    "empty-weights": (_empty_weights, "corrupt or truncated safetensors"),
+    "missing-weights": (_remove_weights, "missing weights file model.safetensors"),
+    "missing-spec": (_remove_spec, "not a lastpool model folder"),
+    "spec-not-json": (_spec_not_json, "invalid model description"),
+    "spec-not-utf8": (_spec_binary, "invalid model description"),
+    "spec-wrong-type": (_edit_spec(max_length="x"), "max_length"),
+    "spec-unknown-field": (_edit_spec(surprise=1), "surprise"),
+    "spec-fewer-labels-than-head": (_edit_spec(labels=["negative", "positive"]), "weights do not match"),
+    "spec-more-labels-than-head": (_edit_spec(labels=["a", "b", "c", "d"]), "weights do not match"),
+    "spec-wider-model-than-weights": (_edit_backbone_config(d_model=32), "weights do not match"),
+    "spec-inconsistent-architecture": (_edit_backbone_config(n_heads=3), "cannot be built"),
+    "spec-duplicate-labels": (_edit_spec(labels=["a", "a", "b"]), "labels must be distinct"),
+    "spec-prompt-without-slot": (_edit_spec(prompt="Sentiment:"), "{text}"),
+    "missing-tokenizer": (_remove_tokenizer, "tokenizer files are missing"),
+    "corrupt-tokenizer": (_corrupt_tokenizer, "could not load the saved tokenizer"),
+    "pickle-file-present": (_add_pickle, "pickle"),
 }
 # Already covered for predict and eval in tests/test_cli.py (test_truncated_weights, test_invalid_model_json,
 # test_pickle_files_are_refused); here they run for export and serve.
@@ -167,12 +166,11 @@ def _command(command: str, model: Path, data: Path, tmp_path: Path) -> list[str]
 
 def _damage_params() -> list[Any]:
     params = []
-    for damage, (_, _, bugs) in DAMAGES.items():
+    for damage in DAMAGES:
         for command in COMMANDS:
             if (damage, command) in COVERED:
                 continue
-            marks = [pytest.mark.xfail(strict=True, reason=bugs[command])] if command in bugs else []
-            params.append(pytest.param(damage, command, id=f"{command}-{damage}", marks=marks))
+            params.append(pytest.param(damage, command, id=f"{command}-{damage}"))
     return params
 
 
@@ -180,7 +178,7 @@ def _damage_params() -> list[Any]:
 def test_damaged_model_folder(capsys: pytest.CaptureFixture[str], trained_run: Path, labelled_csv: Path,
                               tmp_path: Path, damage: str, command: str) -> None:
     model = Path(shutil.copytree(trained_run / "model", tmp_path / "model"))
-    damage_fn, needle, _ = DAMAGES[damage]
+    damage_fn, needle = DAMAGES[damage]
     damage_fn(model)
     message = expect_error(capsys, tmp_path, _command(command, model, labelled_csv, tmp_path))
     assert needle in message
@@ -241,7 +239,6 @@ DATA_FILES: dict[str, tuple[str, Callable[[Path], object], str]] = {
     # The .txt reader falls back to Latin-1, which decodes any byte; a UTF-16 file must still be refused.
     "utf16-txt": ("data.txt", lambda p: p.write_bytes(_utf16_phrasebank()), "NUL bytes"),
 }
-DATA_BUGS: dict[tuple[str, str], str] = {}
 # eval reads data after a model is loaded, train before anything is trained; predict needs no labels.
 DATA_COMMANDS = {"train": set(DATA_FILES), "eval": set(DATA_FILES),
                  "predict": set(DATA_FILES) - {"no-label-column"}}
@@ -253,9 +250,7 @@ def _data_params() -> list[Any]:
         for case in DATA_FILES:
             if case not in cases:
                 continue
-            bug = DATA_BUGS.get((command, case))
-            marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-            params.append(pytest.param(command, case, id=f"{command}-{case}", marks=marks))
+            params.append(pytest.param(command, case, id=f"{command}-{case}"))
     return params
 
 
