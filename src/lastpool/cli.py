@@ -192,7 +192,6 @@ def cross_validation(
     **options: Any,
 ) -> None:
     """Cross-validate a training config: mean, std and 95% CI of every metric; writes cv.json and reports."""
-    from lastpool.config import dump_yaml
     from lastpool.evaluation.crossval import cross_validate
     from lastpool.evaluation.crossval_report import cv_html, cv_markdown
 
@@ -203,18 +202,9 @@ def cross_validation(
         task = progress.add_task("cross-validation", total=total)
         result = cross_validate(cfg, table.texts, table.labels, folds, seed_list,
                                 on_run=lambda run: progress.advance(task))
-    result["config"] = cfg.model_dump(mode="json")
-    title = f"Cross-validation: {table.source}"
-    _write_outputs(out_dir, {"cv.json": json.dumps(result, indent=2) + "\n", "config.yaml": dump_yaml(cfg),
-                             "report.md": cv_markdown(result, title, dump_yaml(cfg)),
-                             "report.html": cv_html(result, title, dump_yaml(cfg))})
-    rows = RichTable(title=f"{len(result['runs'])} models ({folds} folds x {seeds} seeds)")
-    for column in ("metric", "mean", "std", "95% CI"):
-        rows.add_column(column, justify="right")
-    for name, s in result["summary"].items():
-        rows.add_row(escape(name), f"{s['mean']:.4f}", f"{s['std']:.4f}",
-                     f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]")
-    out.print(rows)
+    _save_resampling(out_dir, "cv.json", result, cfg, f"Cross-validation: {table.source}", cv_markdown, cv_html)
+    out.print(_interval_table(f"{len(result['runs'])} models ({folds} folds x {seeds} seeds)", "metric",
+                              list(result["summary"].items())))
     err.print(f"cross-validation saved to {out_dir}")
 
 
@@ -232,7 +222,6 @@ def compare_settings(
     """Compare settings on the same folds and seeds: give --pooling, --mode and/or --model comma-separated
     values (e.g. --pooling last,mean,max,first); a winner is named only when it beats the runner-up beyond
     the noise (paired t-test, p < 0.05)."""
-    from lastpool.config import dump_yaml
     from lastpool.evaluation.crossval import SUMMARY_METRICS, compare, settings_grid
     from lastpool.evaluation.crossval_report import compare_html, compare_markdown, verdict_text
 
@@ -259,22 +248,37 @@ def compare_settings(
         task = progress.add_task("compare", total=total)
         result = compare(cfg, table.texts, table.labels, axes, folds, seed_list, metric=metric,
                          on_run=lambda name, run: progress.advance(task))
-    result["config"] = cfg.model_dump(mode="json")
-    title = f"Comparison on {table.source}"
-    _write_outputs(out_dir, {"compare.json": json.dumps(result, indent=2) + "\n", "config.yaml": dump_yaml(cfg),
-                             "report.md": compare_markdown(result, title, dump_yaml(cfg)),
-                             "report.html": compare_html(result, title, dump_yaml(cfg))})
-    rows = RichTable(title=f"{metric}: {len(result['results'])} settings x {len(result['results'][0]['runs'])} runs")
-    for column in ("setting", "mean", "std", "95% CI"):
-        rows.add_column(column, justify="right")
-    for r in result["results"]:
-        s = r["summary"][metric]
-        mark = " *" if result["verdict"].get("winner") == r["name"] else ""
-        rows.add_row(escape(r["name"]) + mark, f"{s['mean']:.4f}", f"{s['std']:.4f}",
-                     f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]")
-    out.print(rows)
+    _save_resampling(out_dir, "compare.json", result, cfg, f"Comparison on {table.source}", compare_markdown,
+                     compare_html)
+    winner = result["verdict"].get("winner")
+    out.print(_interval_table(
+        f"{metric}: {len(result['results'])} settings x {len(result['results'][0]['runs'])} runs", "setting",
+        [(r["name"] + (" *" if r["name"] == winner else ""), r["summary"][metric]) for r in result["results"]]))
     out.print(verdict_text(result).replace("**", ""))
     err.print(f"comparison saved to {out_dir}")
+
+
+def _save_resampling(out_dir: Path, json_name: str, result: dict[str, Any], cfg: RunConfig, title: str,
+                     markdown: Any, page: Any) -> None:
+    """cv/compare outputs: the result JSON (with the config), config.yaml and the two reports, at once."""
+    from lastpool.config import dump_yaml
+
+    result["config"] = cfg.model_dump(mode="json")
+    config_yaml = dump_yaml(cfg)
+    _write_outputs(out_dir, {json_name: json.dumps(result, indent=2) + "\n", "config.yaml": config_yaml,
+                             "report.md": markdown(result, title, config_yaml),
+                             "report.html": page(result, title, config_yaml)})
+
+
+def _interval_table(title: str, first: str, rows: list[tuple[str, dict[str, float]]]) -> RichTable:
+    """Mean, std and 95% interval per named row (names escaped: 'f1[negative]' is not markup)."""
+    table = RichTable(title=title)
+    for column in (first, "mean", "std", "95% CI"):
+        table.add_column(column, justify="right")
+    for name, s in rows:
+        interval = f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]"
+        table.add_row(escape(name), f"{s['mean']:.4f}", f"{s['std']:.4f}", interval)
+    return table
 
 
 def _run_config(params: dict[str, Any]) -> RunConfig:
