@@ -35,6 +35,7 @@ from lastpool.data.batching import EncodedDataset, LengthBucketSampler, TokenDro
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.training.features import FeatureDataset, collate_features
 from lastpool.training.inference import predict_logits, softmax
+from lastpool.training.precision import MasterWeights, attention_for_training
 
 
 @dataclass
@@ -52,9 +53,11 @@ class TrainResult:
         return self.train_samples / self.train_seconds if self.train_seconds else 0.0
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices (not biases, norms), as in GPT-2 / nanoGPT."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params: nn.Module | list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over a model's trainable parameters (or given tensors, e.g. float32 master weights);
+    weight decay only on matrices (not biases, norms), as in GPT-2 / nanoGPT."""
+    if isinstance(params, nn.Module):
+        params = [p for p in params.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -86,12 +89,24 @@ class Trainer:
     def fit(self, model: nn.Module, train: EncodedDataset | FeatureDataset,
             val: EncodedDataset | FeatureDataset) -> TrainResult:
         """Train ``model`` on token ids, or (a probe) a head on precomputed pooled features."""
+        # bf16 is handled here rather than by Accelerator(mixed_precision=...): Accelerate's process-wide
+        # state cannot change precision between two fits in one process, and its autocast re-casts every
+        # weight in every pass. bf16 trains the model's own weights in bf16 with float32 masters
+        # (training/precision.py); a probe's head trains in float32 on float32 features.
+        accelerator = Accelerator(gradient_accumulation_steps=self.config.grad_accum)
+        on_features = isinstance(train, FeatureDataset)
+        master = MasterWeights(model) if self.precision == "bf16" and not on_features else None
+        try:
+            with attention_for_training(model, accelerator.device):
+                return self._fit(accelerator, model, train, val, master)
+        finally:
+            if master is not None:
+                master.restore()
+
+    def _fit(self, accelerator: Accelerator, model: nn.Module, train: EncodedDataset | FeatureDataset,
+             val: EncodedDataset | FeatureDataset, master: MasterWeights | None) -> TrainResult:
         cfg = self.config
         on_features = isinstance(train, FeatureDataset)
-        # bf16 is applied with torch.autocast here rather than Accelerator(mixed_precision=...):
-        # Accelerate's process-wide state cannot change precision between two fits in one process.
-        accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
-        autocast_bf16 = self.precision == "bf16"
         sampler = LengthBucketSampler(train.lengths, cfg.batch_size, seed=cfg.seed, shuffle=True)
         collate = collate_features if on_features else TokenDropoutCollator(
             self.pad_token_id, cfg.padding_side, rate=cfg.token_dropout, seed=cfg.seed)
@@ -100,7 +115,7 @@ class Trainer:
         total_steps = steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps)
-        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+        optimizer = make_optimizer(master.masters if master else model, cfg.lr, cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps(total_steps), total_steps)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
@@ -124,14 +139,20 @@ class Trainer:
                 seen = 0
                 for batch in loader:
                     with accelerator.accumulate(model):
-                        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                            logits = (model(batch["features"]) if on_features
-                                      else model(batch["input_ids"], batch["attention_mask"]))
+                        logits = (model(batch["features"]) if on_features
+                                  else model(batch["input_ids"], batch["attention_mask"]))
                         loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=cfg.label_smoothing)
                         accelerator.backward(loss)
+                        if master is not None:
+                            master.collect_grads()
                         if accelerator.sync_gradients and cfg.grad_clip > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                            if master is not None:
+                                torch.nn.utils.clip_grad_norm_(master.masters, cfg.grad_clip, foreach=True)
+                            else:
+                                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                         optimizer.step()
+                        if master is not None and accelerator.sync_gradients:
+                            master.push()
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
                     rows = batch["labels"].shape[0]
@@ -164,11 +185,14 @@ class Trainer:
                     result.best_epoch = epoch + 1
                     result.val_metrics = metrics
                     result.val_logits = logits
-                    state = accelerator.unwrap_model(model).state_dict()
-                    best_state = {k: v.detach().clone() for k, v in state.items()}
+                    unwrapped = accelerator.unwrap_model(model)
+                    best_state = (master.float_state_dict(unwrapped) if master is not None
+                                  else {k: v.detach().clone() for k, v in unwrapped.state_dict().items()})
                 result.history.append(record)
                 if not self.quiet:
                     progress.console.print(self._epoch_line(record, cfg.epochs, improved))
+        if master is not None:
+            master.restore()
         if best_state is not None:
             accelerator.unwrap_model(model).load_state_dict(best_state)
         if not self.quiet:
