@@ -5,7 +5,7 @@ A, B LoRA so that slow and fast phases of a shared machine hit both sides):
 
 - A:  ``AutoModelForSequenceClassification`` + ``Trainer`` + ``DataCollatorWithPadding``, defaults (fp32).
 - A': the same with ``bf16=True`` and ``train_sampling_strategy="group_by_length"``.
-- B:  ``lastpool train --mode full`` and ``--mode lora`` (bf16 autocast: ``--precision auto``).
+- B:  ``lastpool train --mode full`` and ``--mode lora`` (``--precision auto``: bf16 weights, float32 masters).
 
 All four: SmolLM2-135M-Instruct (the dequantized GGUF), Financial PhraseBank allagree, lastpool's 10%
 stratified split for the seed, max length 64, batch 16, the same epochs; learning rate 5e-5 for the full

@@ -58,6 +58,10 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "weight_decay": ("0.3", 0.3),
     "warmup": ("12", 12.0),
     "max_steps": ("99", 99),
+    "save_every": ("25", 25),
+    "keep_checkpoints": ("3", 3),
+    "num_processes": ("2", 2),
+    "sharding": ("fsdp", "fsdp"),
     "grad_clip": ("0.7", 0.7),
     "grad_accum": ("3", 3),
     "label_smoothing": ("0.05", 0.05),
@@ -79,7 +83,7 @@ def test_every_config_field_has_a_train_flag() -> None:
     assert missing == [], f"RunConfig fields without a `lastpool train` flag: {missing}"
     # ... and every flag other than --config/--quiet/--help is a config field.
     fields = {"--" + name.replace("_", "-") for name in RunConfig.model_fields}
-    extra = {o for o in options if o.startswith("--")} - fields - {"--config", "--quiet", "--help"}
+    extra = {o for o in options if o.startswith("--")} - fields - {"--config", "--quiet", "--help", "--resume"}
     assert extra == set()
 
 
@@ -93,8 +97,8 @@ def test_every_flag_reaches_its_field(monkeypatch: pytest.MonkeyPatch, tmp_path:
     class Stop(LastpoolError):
         pass
 
-    def spy(config_file: str | None, overrides: dict[str, Any]) -> RunConfig:
-        resolved.append(real(config_file, overrides))
+    def spy(config_file: str | None, overrides: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
+        resolved.append(real(config_file, overrides, base=base))
         raise Stop("stop")
 
     monkeypatch.setattr(lastpool.config, "resolve_config", spy)

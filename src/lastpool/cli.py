@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from lastpool.errors import ConfigError, LastpoolError
+from lastpool.errors import ConfigError, LastpoolError, TrainingStopped
 
 if TYPE_CHECKING:
     from lastpool.config import RunConfig
@@ -39,6 +39,8 @@ out = Console()
 
 # Option groups, so `--help` reads like the config file.
 DATA, TOK, MODEL, OPT, OUT = "Data", "Tokenizer", "Model", "Optimisation", "Output"
+RUN = "Checkpoints and processes"
+TRAIN_ONLY = frozenset({"resume", "save_every", "keep_checkpoints", "num_processes", "sharding"})  # not for cv/compare
 
 
 def _labels_list(value: str | None) -> list[str] | None:
@@ -97,17 +99,39 @@ def train(
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="temperature scaling fitted on the validation split after training [on]", rich_help_panel=OPT)] = None,  # noqa: E501
     seed: Annotated[int | None, typer.Option(help="random seed [0]", rich_help_panel=OPT)] = None,
     out: Annotated[Path | None, typer.Option(help="run directory [runs/<timestamp>]", rich_help_panel=OUT)] = None,
+    save_every: Annotated[int | None, typer.Option(help="also checkpoint every N optimizer steps (checkpoints are always saved at each epoch end and on Ctrl-C/SIGTERM) [off]", rich_help_panel=RUN)] = None,  # noqa: E501
+    keep_checkpoints: Annotated[int | None, typer.Option(help="keep the newest K checkpoints while training [1]", rich_help_panel=RUN)] = None,  # noqa: E501
+    resume: Annotated[Path | None, typer.Option(help="continue the stopped run in this run directory from its newest checkpoint (same settings and data; flags may repeat them)", rich_help_panel=RUN)] = None,  # noqa: E501
+    num_processes: Annotated[int | None, typer.Option(help="train with N processes (DDP; gloo on CPU, NCCL on GPUs); --batch-size stays the global batch [1]", rich_help_panel=RUN)] = None,  # noqa: E501
+    sharding: Annotated[str | None, typer.Option(help="with several processes: none (DDP: a full copy per process) or fsdp (parameters, gradients and optimizer state sharded) [none]", rich_help_panel=RUN)] = None,  # noqa: E501
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or tables", rich_help_panel=OUT)] = False,  # noqa: E501
 ) -> None:
     """Train a classifier and write a run directory (model/, config.yaml, history.jsonl, metrics.json)."""
     params = dict(locals())  # every RunConfig field is a parameter of the same name
     from lastpool.classifier import Classifier
     from lastpool.data.tables import read_table
-    from lastpool.runs import check_output_dir, data_summary, default_run_dir, write_run
+    from lastpool.distributed import finish, launch_processes, process_rank, under_launcher
+    from lastpool.runs import check_checkpoint_space, check_output_dir, data_summary, default_run_dir, write_run
+    from lastpool.training.checkpoint import CheckpointSettings, latest_checkpoint, load_checkpoint
 
-    cfg = _run_config(params)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir()
-    check_output_dir(run_dir)
+    checkpoint = None
+    if resume is not None:
+        if out is not None and Path(out).resolve() != resume.resolve():
+            raise ConfigError("--resume continues the run in its own directory; leave out --out (or give the same)")
+        checkpoint = load_checkpoint(latest_checkpoint(resume / "checkpoints"))
+        saved = checkpoint.state.get("fingerprint", {}).get("config")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"--resume {resume}: its checkpoint does not record the run's settings")
+        # The run's own settings, then the flags given now: a flag that changes one is refused later.
+        cfg = _run_config({**params, "out": resume}, base=saved)
+        run_dir = resume
+    else:
+        cfg = _run_config(params)
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir()
+        check_output_dir(run_dir)
+    if cfg.num_processes > 1 and not under_launcher():
+        # This process only starts the N training processes and waits; they read the same flags.
+        raise typer.Exit(launch_processes(cfg.num_processes, _ARGV + ([] if cfg.out else ["--out", str(run_dir)])))
     table = _training_table(cfg)
     assert table.labels is not None
     eval_texts = eval_labels = None
@@ -115,12 +139,20 @@ def train(
         eval_table = read_table(cfg.eval_data, text_col=cfg.text_col, label_col=cfg.label_col)
         eval_texts, eval_labels = eval_table.texts, eval_table.labels
 
+    settings = CheckpointSettings(run_dir / "checkpoints", every=cfg.save_every, keep=cfg.keep_checkpoints)
     clf = Classifier(cfg).fit(
         table.texts, table.labels, eval_texts=eval_texts, eval_labels=eval_labels, quiet=quiet,
         data_name=f"training data {table.source}",
         eval_name=f"validation data {cfg.eval_data}" if cfg.eval_data else "validation split",
+        checkpoints=settings, resume=checkpoint, before_training=lambda model: check_checkpoint_space(settings, model),
     )
-    write_run(clf, run_dir, cfg, data_summary(table.texts, table.labels, table.source), texts=table.texts)
+    if process_rank() == 0:  # only the main process writes the run directory
+        # The finished run replaces its checkpoints: the model folder is the result.
+        write_run(clf, run_dir, cfg, data_summary(table.texts, table.labels, table.source), texts=table.texts,
+                  replace=(run_dir / "checkpoints").exists())
+    finish()
+    if process_rank() != 0:
+        return
     assert clf.result is not None
     val = clf.result.val_metrics
     summary = (f"run saved to {run_dir}  (best epoch {clf.result.best_epoch}: "
@@ -140,7 +172,8 @@ def _with_train_options(func: Any) -> Any:
     ``cv`` and ``compare`` accept exactly the flags a training run does."""
     own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
     names = {p.name for p in own}
-    shared = [p for p in inspect.signature(train, eval_str=True).parameters.values() if p.name not in names]
+    shared = [p for p in inspect.signature(train, eval_str=True).parameters.values()
+              if p.name not in names and p.name not in TRAIN_ONLY]
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + shared]
     func.__signature__ = inspect.Signature(params, return_annotation=None)
     func.__annotations__ = {p.name: p.annotation for p in params}
@@ -281,8 +314,9 @@ def _interval_table(title: str, first: str, rows: list[tuple[str, dict[str, floa
     return table
 
 
-def _run_config(params: dict[str, Any]) -> RunConfig:
-    """The RunConfig from a command's train options: the YAML file, then the flags that were given."""
+def _run_config(params: dict[str, Any], base: dict[str, Any] | None = None) -> RunConfig:
+    """The RunConfig from a command's train options: ``base`` (a resumed run's settings), the YAML file,
+    then the flags that were given."""
     from lastpool.config import RunConfig, resolve_config
 
     flags = {name: value for name, value in params.items() if name in RunConfig.model_fields}
@@ -290,7 +324,7 @@ def _run_config(params: dict[str, Any]) -> RunConfig:
     overrides: dict[str, Any] = {**flags, "labels": _labels_list(params.get("labels")),
                                  "out": str(out_dir) if out_dir is not None else None}
     config_file = params.get("config")
-    cfg = resolve_config(str(config_file) if config_file is not None else None, overrides)
+    cfg = resolve_config(str(config_file) if config_file is not None else None, overrides, base=base)
     if params.get("quiet"):
         _silence_library_progress()
     return cfg
@@ -527,12 +561,24 @@ def _usage_error(exc: Exception) -> int:
     return 2
 
 
+_ARGV: list[str] = []  # this invocation's arguments, for the processes --num-processes starts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map user errors to exit code 2 with one clear message."""
+    from lastpool.distributed import process_rank
+
+    _ARGV[:] = list(argv) if argv is not None else sys.argv[1:]
+    quiet_rank = process_rank() != 0  # with several processes the main one reports; the same error once
     try:
         result = app(args=argv, standalone_mode=False, prog_name="lastpool")
+    except TrainingStopped as exc:
+        if not quiet_rank:
+            sys.stderr.write(f"{exc}\n")
+        return exc.exit_code
     except LastpoolError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        if not quiet_rank:
+            sys.stderr.write(f"error: {exc}\n")
         return 2
     except OSError as exc:  # the file system said no (disk full, permissions, ...): say what and where
         where = f": {exc.filename}" if exc.filename else ""

@@ -77,8 +77,14 @@ class RunConfig(BaseModel):
     calibrate: bool = Field(default=True, description="fit a softmax temperature on the validation split")
     seed: int = Field(default=0, ge=0)
 
-    # output
+    # output and run control (these may differ when a run is resumed)
     out: str | None = Field(default=None, description="run directory (default runs/<timestamp>)")
+    save_every: int | None = Field(default=None, ge=1,
+                                   description="checkpoint every N optimizer steps (always: each epoch end, Ctrl-C)")
+    keep_checkpoints: int = Field(default=1, ge=1, description="how many of the newest checkpoints to keep")
+    num_processes: int = Field(default=1, ge=1, description="train with N processes (DDP; gloo on CPU)")
+    sharding: Literal["none", "fsdp"] = Field(default="none",
+                                              description="with several processes: none (DDP) or fsdp")
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -92,6 +98,9 @@ class RunConfig(BaseModel):
             raise ValueError("--mode probe needs the head bias (its standardized features fold into it)")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels contain duplicates")
+        if self.batch_size < self.num_processes:
+            raise ValueError(f"batch_size ({self.batch_size}) is the global batch: it must be at least "
+                             f"num_processes ({self.num_processes})")
         return self
 
     def warmup_steps(self, total_steps: int) -> int:
@@ -131,9 +140,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def resolve_config(config_file: str | None, overrides: dict[str, Any]) -> RunConfig:
-    """Defaults < YAML file < CLI flags (flags given as None are not set and do not override)."""
-    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
+def resolve_config(config_file: str | None, overrides: dict[str, Any],
+                   base: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults < ``base`` < YAML file < CLI flags (flags given as None are not set and do not override)."""
+    values: dict[str, Any] = dict(base or {})
+    values.update(load_yaml(config_file) if config_file else {})
     values.update({key: value for key, value in overrides.items() if value is not None})
     return make_config(values, source=config_file or "flags")
 

@@ -17,3 +17,16 @@ class ConfigError(LastpoolError):
 
 class ModelLoadError(LastpoolError):
     """A model folder or file that cannot be loaded."""
+
+
+class CheckpointError(LastpoolError):
+    """A checkpoint that cannot be written or resumed from (incompatible, corrupt, no space)."""
+
+
+class TrainingStopped(LastpoolError):
+    """Training stopped before its end, with its work kept in a checkpoint: interrupted (Ctrl-C,
+    SIGTERM: exit 130) or diverged (a NaN or infinite loss: exit 3)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

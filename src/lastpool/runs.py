@@ -14,10 +14,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lastpool.classifier import Classifier
 from lastpool.config import RunConfig, dump_yaml
 from lastpool.errors import ConfigError
 from lastpool.fileio import staged_dir
+from lastpool.training.checkpoint import CheckpointSettings, check_free_space, checkpoint_bytes
 
 
 def default_run_dir() -> Path:
@@ -115,15 +118,23 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
     }
 
 
+def check_checkpoint_space(settings: CheckpointSettings, model: torch.nn.Module) -> None:
+    """Before the first step: the run directory must take checkpoints of this model (``keep`` of them,
+    one more while the next is written, then the final model)."""
+    _check_writable_ancestor(settings.folder, f"cannot write checkpoints to {settings.folder}")
+    check_free_space(settings.folder, (settings.keep + 2) * checkpoint_bytes(model))
+
+
 def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any] | None = None,
-              texts: list[str] | None = None) -> Path:
+              texts: list[str] | None = None, replace: bool = False) -> Path:
     """Write the complete run directory to ``out`` atomically: model (with its model card), config,
-    history, metrics, and report.md / report.html / plots/ when the validation predictions are known."""
+    history, metrics, and report.md / report.html / plots/ when the validation predictions are known.
+    ``replace``: ``out`` holds the run's checkpoints, swapped for the finished run only once it is written."""
     if clf.result is None:
         raise ValueError("classifier has not been trained")
     lengths = clf.encoder.lengths(texts) if texts is not None and clf.encoder is not None else []
     data = {**(data or {}), **length_summary(lengths, config.max_length)}
-    with staged_dir(out) as tmp:
+    with staged_dir(out, replace=replace) as tmp:
         model_dir = tmp / "model"
         model_dir.mkdir()
         clf.save_to(model_dir)

@@ -39,11 +39,13 @@ class LengthBucketSampler(Sampler[list[int]]):
     """Yields index batches of similar length; reseeded per epoch (``set_epoch``) for reproducibility.
 
     Each epoch: shuffle all indices, cut them into chunks of ``batch_size * bucket_batches``, sort each
-    chunk by length, cut it into batches, then shuffle the order of all batches.
+    chunk by length, cut it into batches, then shuffle the order of all batches. ``min_batch``: a chunk's
+    last batch smaller than this joins the one before it (with N processes each batch is split N ways,
+    so none may have fewer than N rows). Every process computes the same batches from the same seed.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True,
-                 bucket_batches: int = 50, drop_last: bool = False) -> None:
+                 bucket_batches: int = 50, drop_last: bool = False, min_batch: int = 1) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.lengths = np.asarray(lengths)
@@ -52,6 +54,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.bucket_batches = bucket_batches
         self.drop_last = drop_last
+        self.min_batch = min_batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,7 +72,11 @@ class LengthBucketSampler(Sampler[list[int]]):
         for start in range(0, n, chunk):
             part = perm[start : start + chunk]
             part = part[np.argsort(self.lengths[part], kind="stable")]
-            result.extend(part[i : i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size))
+            cut = [part[i : i + self.batch_size].tolist() for i in range(0, len(part), self.batch_size)]
+            if len(cut[-1]) < self.min_batch and (len(cut) > 1 or result):
+                small = cut.pop()
+                (cut[-1] if cut else result[-1]).extend(small)
+            result.extend(cut)
         if self.drop_last:
             result = [b for b in result if len(b) == self.batch_size]
         rng.shuffle(result)
@@ -87,7 +94,10 @@ class LengthBucketSampler(Sampler[list[int]]):
             return -(-n // self.batch_size)
         chunk = self.batch_size * self.bucket_batches
         full, rest = divmod(n, chunk)
-        return full * self.bucket_batches + -(-rest // self.batch_size)
+        tail = -(-rest // self.batch_size)
+        if rest % self.batch_size and rest % self.batch_size < self.min_batch and (tail > 1 or full):
+            tail -= 1
+        return full * self.bucket_batches + tail
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:

@@ -40,6 +40,7 @@ class MasterWeights:
             p.data = original.to(torch.bfloat16)
             self._params.append((name, p, original))
         self._trainable = [(p, original) for _, p, original in self._params if p.requires_grad]
+        self.trainable_names = [name for name, p, _ in self._params if p.requires_grad]
         by_id = {id(p): original for _, p, original in self._params}
         # Every name, tied weights included: state_dict() lists each of them.
         self._names = {name: by_id[id(p)] for name, p in model.named_parameters(remove_duplicate=False)
@@ -65,6 +66,18 @@ class MasterWeights:
     def push(self) -> None:
         if self._trainable:
             torch._foreach_copy_([p.data for p, _ in self._trainable], self.masters)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The float32 values of the trainable parameters, by parameter name (cloned)."""
+        return {name: master.detach().clone()
+                for name, master in zip(self.trainable_names, self.masters, strict=True)}
+
+    @torch.no_grad()
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        """Set the masters (and the bf16 working weights) from ``trainable_state`` output."""
+        for name, master in zip(self.trainable_names, self.masters, strict=True):
+            master.copy_(state[name])
+        self.push()
 
     def float_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``model.state_dict()`` with the float32 values in place of the bf16 working copies (cloned)."""

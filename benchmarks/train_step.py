@@ -1,0 +1,123 @@
+"""Where a training step's time goes: bf16 autocast vs bf16 weights with float32 masters, SDPA vs eager
+attention, on the same model and the same real batches, in one process, rounds interleaved.
+
+SmolLM2-135M-Instruct (the dequantized GGUF) as a lastpool full fine-tune; the batches are the first
+``--batches`` length-bucketed batches of Financial PhraseBank (allagree) at batch 16, max length 64.
+Each variant runs them ``--rounds`` times (the first round is a warm-up, not counted), one variant after
+the other within a round, so a slow phase of a shared machine hits all of them. Reported: seconds per
+step (median over rounds of the summed step time) and the ratio to the autocast + SDPA reference, which
+is how transformers' Trainer with ``bf16=True`` runs the model.
+
+    python benchmarks/train_step.py [--batches 12] [--rounds 4] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shlex
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _results import machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from pretrained import DEFAULT_DATA, DEFAULT_MODEL
+
+from lastpool.data.batching import EncodedDataset, LengthBucketSampler, PaddingCollator
+from lastpool.data.tables import read_table
+from lastpool.models.backbones import load_backbone
+from lastpool.models.classifier_model import SequenceClassifier
+from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer
+from lastpool.training.precision import MasterWeights, attention_for_training
+from lastpool.training.trainer import make_optimizer
+
+MARK_BEGIN, MARK_END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
+VARIANTS = {  # name: (bf16 weights + masters, eager attention)
+    "autocast bf16, SDPA (reference: how Trainer bf16=True runs)": (False, False),
+    "autocast bf16, eager attention": (False, True),
+    "bf16 weights + float32 masters, SDPA": (True, False),
+    "bf16 weights + float32 masters, eager attention (lastpool)": (True, True),
+}
+
+
+class Variant:
+    """One model + optimizer set up the way a variant trains."""
+
+    def __init__(self, base: SequenceClassifier, masters: bool, eager: bool) -> None:
+        self.model = copy.deepcopy(base)
+        self.master = MasterWeights(self.model) if masters else None
+        self.optimizer = make_optimizer(self.master.masters if self.master else self.model, 5e-5, 0.0)
+        self.eager = eager
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        start = time.perf_counter()
+        context: Any = attention_for_training(self.model, torch.device("cpu")) if self.eager else nullcontext()
+        with context, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.master is None):
+            logits = self.model(batch["input_ids"], batch["attention_mask"])
+        F.cross_entropy(logits.float(), batch["labels"]).backward()
+        if self.master is not None:
+            self.master.collect_grads()
+            params = self.master.masters
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.master is not None:
+            self.master.push()
+            for tensor in self.master.masters:
+                tensor.grad = None
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    command = "python benchmarks/train_step.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    table = read_table(str(args.data))
+    assert table.labels is not None
+    names = sorted(set(table.labels))
+    encoder = TextEncoder(load_pretrained_tokenizer(str(args.model)), 64)
+    dataset = EncodedDataset(encoder.encode(table.texts), [names.index(label) for label in table.labels])
+    sampler = LengthBucketSampler(dataset.lengths, 16, seed=0)
+    collate = PaddingCollator(encoder.pad_token_id)
+    batches = [collate([dataset[i] for i in indices]) for indices in sampler.batches()[: args.batches]]
+    real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    backbone, _ = load_backbone(str(args.model))
+    base = SequenceClassifier(backbone, backbone.hidden_size, len(names))
+    variants = {name: Variant(base, *flags) for name, flags in VARIANTS.items()}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(args.rounds + 1):
+        for name, variant in variants.items():
+            seconds = sum(variant.step(batch) for batch in batches)
+            if round_ > 0:
+                times[name].append(seconds)
+            print(f"round {round_} {name}: {seconds / len(batches):.3f} s/step", flush=True)
+    reference = statistics.median(times[next(iter(variants))])
+    rows = [f"| {name} | {statistics.median(t) / len(batches):.3f} | {reference / statistics.median(t):.2f}x |"
+            for name, t in times.items()]
+    block = "\n".join([
+        MARK_BEGIN, "## One training step, variant by variant (`benchmarks/train_step.py`)", "",
+        f"Command: `{command}`. Machine: {machine_info()}.", "",
+        f"SmolLM2-135M-Instruct full fine-tune, the same {len(batches)} length-bucketed Financial PhraseBank "
+        f"batches of 16 ({real_tokens / len(batches):.0f} real tokens per batch on average) in every variant; "
+        f"forward, backward, gradient clipping and the fused AdamW step; median of {args.rounds} rounds "
+        "after a warm-up round.", "",
+        "| variant | s / step | speed vs reference |", "|---|---|---|", *rows, MARK_END])
+    print(block)
+    if not args.no_write:
+        write_section(block, MARK_BEGIN, MARK_END)
+
+
+if __name__ == "__main__":
+    main()
