@@ -128,3 +128,43 @@ def test_fsdp_configs_run_a_step_on_a_tiny_model_with_two_cpu_processes(config: 
         name = next(k for k in weights if k.endswith("layers.0.mlp.up_proj.weight"))
         assert not weights[name].equal(base["model." + name.split("model.", 1)[1]])
     assert len(trained.predict(texts[:4])) == 4
+
+
+def test_fsdp_run_interrupted_and_resumed_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Ctrl-C reaches both processes through the launcher; the checkpoint holds the gathered weights and
+    optimizer state; the resumed sharded run ends with the same weights as one never stopped."""
+    import signal
+    import time
+
+    from lastpool.training.checkpoint import list_checkpoints
+    from tests.test_pretrained import _model_folder
+
+    folder = _model_folder(tmp_path, "llama")
+    texts, labels = demo_sample()
+    data = write_csv(tmp_path / "train.csv", texts, labels)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "lastpool", "train", "--config", str(REPO / "configs" / "fsdp-full-7b.yaml"),
+                "--model", str(folder), "--data", str(data), "--out", str(out), "--num-processes", "2",
+                "--batch-size", "8", "--max-length", "32", "--epochs", "2", "--lr", "1e-3", "--save-every", "2",
+                "--grad-checkpointing", "--quiet"]
+
+    reference = subprocess.run(command(tmp_path / "reference"), capture_output=True, text=True, timeout=600, env=env)
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(command(run), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list_checkpoints(run / "checkpoints") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and not (run / "model").exists()
+    resumed = subprocess.run([sys.executable, "-m", "lastpool", "train", "--resume", str(run), "--num-processes", "2",
+                              "--quiet"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    ours = load_file(str(run / "model" / "model.safetensors"))
+    expected = load_file(str(tmp_path / "reference" / "model" / "model.safetensors"))
+    assert ours.keys() == expected.keys()
+    assert all(ours[k].equal(expected[k]) for k in ours)

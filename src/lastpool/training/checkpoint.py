@@ -166,12 +166,11 @@ def latest_checkpoint(folder: Path) -> Path:
     return found[-1]
 
 
-def checkpoint_bytes(model: torch.nn.Module, trainable_only_optimizer: bool = True) -> int:
-    """About how many bytes one checkpoint of ``model`` takes: float32 weights twice (now and best)
-    and AdamW's two moments per trainable parameter."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only_optimizer)
-    return 4 * (2 * total + 2 * trainable)
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About how many bytes one checkpoint of ``model`` takes: the float32 trainable weights twice (now
+    and best) and AdamW's two moments for each (frozen weights are rebuilt from their source)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4 * 4 * trainable
 
 
 def check_free_space(folder: Path, needed: int) -> None:

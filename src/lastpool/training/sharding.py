@@ -12,6 +12,7 @@ single-process master weights.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,3 +47,31 @@ def full_trainable_state(sharded: nn.Module) -> dict[str, torch.Tensor]:
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
             state[name] = full.detach().clone()
     return state
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every sharded tensor gathered: the same layout as an unsharded
+    optimizer's, so a checkpoint does not depend on how the run was sharded. Every process must call it."""
+    state_dict = optimizer.state_dict()
+    state_dict["state"] = {
+        index: {key: value.full_tensor() if hasattr(value, "full_tensor") else value for key, value in entry.items()}
+        for index, entry in state_dict["state"].items()
+    }
+    return state_dict
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The inverse: cut each full moment tensor into this process's shard of its (sharded) parameter."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sharded: dict[int, dict[str, Any]] = {}
+    for index, entry in state_dict["state"].items():
+        param = params[int(index)]
+        sharded[index] = {
+            key: distribute_tensor(value, param.device_mesh, param.placements)
+            if isinstance(param, DTensor) and isinstance(value, torch.Tensor) and value.shape == param.shape
+            else value
+            for key, value in entry.items()
+        }
+    return {**state_dict, "state": sharded}

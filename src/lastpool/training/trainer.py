@@ -50,7 +50,7 @@ from lastpool.training.checkpoint import (
 from lastpool.training.features import FeatureDataset, collate_features
 from lastpool.training.inference import predict_logits, softmax
 from lastpool.training.precision import MasterWeights, attention_for_training
-from lastpool.training.sharding import full_trainable_state, shard
+from lastpool.training.sharding import full_optimizer_state, full_trainable_state, shard, shard_optimizer_state
 from lastpool.training.signals import StopRequests
 
 
@@ -119,7 +119,7 @@ class _Loop:
 
 
 # Fields that say how a run is driven, not what it computes: they may differ on --resume.
-RUN_CONTROL_FIELDS = frozenset({"out", "save_every", "keep_checkpoints", "num_processes", "sharding"})
+RUN_CONTROL_FIELDS = frozenset({"out", "save_every", "keep_checkpoints", "num_processes"})
 
 
 class Trainer:
@@ -157,13 +157,6 @@ class Trainer:
         on_features = isinstance(train, FeatureDataset)
         fsdp = self.config.sharding == "fsdp" and accelerator.num_processes > 1 and not on_features
         master = MasterWeights(model) if self.precision == "bf16" and not on_features and not fsdp else None
-        if fsdp and self.checkpoints is not None:
-            if accelerator.is_main_process:
-                self.console.print("notice: checkpoints and --resume are not supported with --sharding fsdp yet; "
-                                   "this run saves none")
-            self.checkpoints = None
-        if fsdp and self.resume is not None:
-            raise ConfigError("--resume is not supported with --sharding fsdp yet")
         try:
             with attention_for_training(model, accelerator.device):
                 return self._fit(accelerator, model, train, val, master)
@@ -188,18 +181,19 @@ class Trainer:
             total_steps = min(total_steps, cfg.max_steps)
         unwrapped = model
         fsdp = cfg.sharding == "fsdp" and world > 1 and not on_features
+        fingerprint = self._fingerprint(train, val, world)
+        loop = _Loop()
+        best: dict[str, torch.Tensor] | None = None
+        if self.resume is not None:  # weights first: a sharded copy is made from them
+            loop, best = self._restore(self.resume, fingerprint, unwrapped, master, collate, rank)
         if fsdp:  # train a sharded copy; its weights come back into ``unwrapped`` at the end
             model = shard(model, self.precision)
             if not self.quiet and accelerator.is_main_process:
                 self.console.print(f"sharded with FSDP over {world} processes")
         optimizer = make_optimizer(master.masters if master else model, cfg.lr, cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps(total_steps), total_steps)
-        fingerprint = self._fingerprint(train, val, world)
-        loop = _Loop()
-        best: dict[str, torch.Tensor] | None = None
         if self.resume is not None:
-            loop, best = self._restore(self.resume, fingerprint, unwrapped, master, optimizer, scheduler, collate,
-                                       rank)
+            self._restore_optimizer(self.resume, model if fsdp else None, optimizer, scheduler)
         if not fsdp:
             model = accelerator.prepare_model(model)  # DistributedDataParallel when there are several processes
         device = accelerator.device
@@ -208,8 +202,8 @@ class Trainer:
         def save(reason: str, loss_sum: torch.Tensor) -> Path | None:
             if self.checkpoints is None:
                 return None
-            path = self._save(accelerator, loop, best, unwrapped, master, optimizer, scheduler, collate,
-                              fingerprint, reason, loss_sum)
+            path = self._save(accelerator, loop, best, unwrapped, model if fsdp else None, master, optimizer,
+                              scheduler, collate, fingerprint, reason, loss_sum)
             self.last_checkpoint = path
             return path
 
@@ -360,8 +354,8 @@ class Trainer:
         return {"config": config, "data": data, "processes": world, "precision": self.precision}
 
     def _restore(self, checkpoint: Checkpoint, fingerprint: dict[str, Any], model: nn.Module,
-                 master: MasterWeights | None, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 collate: Any, rank: int) -> tuple[_Loop, dict[str, torch.Tensor] | None]:
+                 master: MasterWeights | None, collate: Any, rank: int) -> tuple[_Loop, dict[str, torch.Tensor] | None]:
+        """Check that the checkpoint belongs to this run, then load its weights, RNG states and progress."""
         saved = checkpoint.state.get("fingerprint", {})
         where = f"--resume {checkpoint.path.parent.parent}"
         differing = sorted(k for k in set(saved.get("config", {})) | set(fingerprint["config"])
@@ -382,8 +376,6 @@ class Trainer:
             raise CheckpointError(f"incompatible {where}: its weights do not match this model's parameters")
         try:
             self._load_trainable(model, master, checkpoint.model)
-            optimizer.load_state_dict(checkpoint.optimizer)
-            scheduler.load_state_dict(checkpoint.scheduler)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"incompatible {where}: {str(exc).splitlines()[0]}") from None
         tensors = checkpoint.tensors
@@ -399,11 +391,32 @@ class Trainer:
             loop.result.val_logits = tensors["val_logits"].numpy()
         return loop, checkpoint.best
 
+    @staticmethod
+    def _restore_optimizer(checkpoint: Checkpoint, sharded: nn.Module | None, optimizer: torch.optim.Optimizer,
+                           scheduler: Any) -> None:
+        """The optimizer and scheduler state; a sharded (FSDP) optimizer takes its shard of the full state."""
+        try:
+            optimizer.load_state_dict(shard_optimizer_state(optimizer, checkpoint.optimizer)
+                                      if sharded is not None else checkpoint.optimizer)
+            scheduler.load_state_dict(checkpoint.scheduler)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"incompatible --resume {checkpoint.path.parent.parent}: "
+                                  f"{str(exc).splitlines()[0]}") from None
+
     def _save(self, accelerator: Accelerator, loop: _Loop, best: dict[str, torch.Tensor] | None,
-              model: nn.Module, master: MasterWeights | None, optimizer: torch.optim.Optimizer, scheduler: Any,
-              collate: Any, fingerprint: dict[str, Any], reason: str, loss_sum: torch.Tensor) -> Path:
+              model: nn.Module, sharded: nn.Module | None, master: MasterWeights | None,
+              optimizer: torch.optim.Optimizer, scheduler: Any, collate: Any, fingerprint: dict[str, Any],
+              reason: str, loss_sum: torch.Tensor) -> Path:
+        """Write a checkpoint from the main process; with FSDP every process first helps gather the full
+        weights and optimizer state."""
         assert self.checkpoints is not None
         rank = accelerator.process_index
+        if sharded is not None:
+            trainable = full_trainable_state(sharded)
+            optimizer_state = full_optimizer_state(optimizer)
+        else:
+            trainable = self._trainable_state(model, master) if accelerator.is_main_process else {}
+            optimizer_state = optimizer.state_dict()
         own = {f"rng_torch_{rank}": torch.get_rng_state()}
         if isinstance(collate, TokenDropoutCollator):
             own[f"rng_collate_{rank}"] = collate.generator.get_state()
@@ -419,9 +432,8 @@ class Trainer:
                 tensors["val_logits"] = torch.from_numpy(np.ascontiguousarray(loop.result.val_logits))
             state = {"reason": reason, "loop": loop.to_json(), "fingerprint": fingerprint}
             try:
-                path = save_checkpoint(self.checkpoints, loop.result.optimizer_steps, state,
-                                       self._trainable_state(model, master), best, tensors,
-                                       optimizer.state_dict(), scheduler.state_dict(), epoch_end=reason == "epoch")
+                path = save_checkpoint(self.checkpoints, loop.result.optimizer_steps, state, trainable, best, tensors,
+                                       dict(optimizer_state), scheduler.state_dict(), epoch_end=reason == "epoch")
             except CheckpointError as exc:
                 error = str(exc)
         if accelerator.num_processes > 1:  # every process learns whether the main one could write it
