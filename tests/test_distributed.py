@@ -82,6 +82,19 @@ def test_only_the_main_process_writes_the_run_directory(runs: dict[str, Path]) -
     assert not list(run.parent.glob(".ddp*"))  # no stray staging folders from a second writer
 
 
+def test_torchrun_launches_the_same_training(runs: dict[str, Path], tmp_path: Path) -> None:
+    """lastpool reads the standard torch.distributed environment, so torchrun works as --num-processes does."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "torchrun"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "lastpool", "train", "--data", str(runs["data"]), "--out", str(out), *FLAGS],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    for a, b in zip(_history(out), _history(runs["ddp"]), strict=True):  # the same job as --num-processes 2
+        assert a["steps"] == b["steps"] and a["val_accuracy"] == b["val_accuracy"]
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-4
+
+
 def test_a_bad_flag_is_reported_once_with_exit_code_2(runs: dict[str, Path], tmp_path: Path) -> None:
     proc = _train(runs["data"], tmp_path / "bad", "--num-processes", "2", "--batch-size", "1")
     assert proc.returncode == 2
