@@ -41,10 +41,6 @@ class MasterWeights:
             self._params.append((name, p, original))
         self._trainable = [(p, original) for _, p, original in self._params if p.requires_grad]
         self.trainable_names = [name for name, p, _ in self._params if p.requires_grad]
-        by_id = {id(p): original for _, p, original in self._params}
-        # Every name, tied weights included: state_dict() lists each of them.
-        self._names = {name: by_id[id(p)] for name, p in model.named_parameters(remove_duplicate=False)
-                       if id(p) in by_id}
 
     @property
     def masters(self) -> list[torch.Tensor]:
@@ -78,12 +74,6 @@ class MasterWeights:
         for name, master in zip(self.trainable_names, self.masters, strict=True):
             master.copy_(state[name])
         self.push()
-
-    def float_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """``model.state_dict()`` with the float32 values in place of the bf16 working copies (cloned)."""
-        state = model.state_dict()
-        return {key: self._names.get(key, value).detach().clone()
-                for key, value in state.items()}
 
     def restore(self) -> None:
         for _, p, original in self._params:
