@@ -234,6 +234,25 @@ def test_not_enough_disk_space_fails_before_training(data_file: Path, tmp_path: 
     assert snapshot(tmp_path) == before
 
 
+def test_keep_checkpoints_0_writes_none_and_needs_no_space_for_them(data_file: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    import lastpool.training.checkpoint as checkpoint
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: real(path)._replace(free=10_000))
+    saved: list[str] = []
+    monkeypatch.setattr(checkpoint, "save_file", lambda tensors, filename: saved.append(filename))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data_file), "--out", str(run), "--keep-checkpoints", "0", *FLAGS]) == 0
+    assert saved == [] and (run / "model").is_dir() and not (run / "checkpoints").exists()
+    code = main(["train", "--data", str(data_file), "--out", str(tmp_path / "r2"), "--keep-checkpoints", "0",
+                 "--save-every", "5", *FLAGS])
+    assert code == 2 and "save_every needs keep_checkpoints" in capsys.readouterr().err
+
+
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(data_file: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:

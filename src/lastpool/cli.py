@@ -100,7 +100,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="random seed [0]", rich_help_panel=OPT)] = None,
     out: Annotated[Path | None, typer.Option(help="run directory [runs/<timestamp>]", rich_help_panel=OUT)] = None,
     save_every: Annotated[int | None, typer.Option(help="also checkpoint every N optimizer steps (checkpoints are always saved at each epoch end and on Ctrl-C/SIGTERM) [off]", rich_help_panel=RUN)] = None,  # noqa: E501
-    keep_checkpoints: Annotated[int | None, typer.Option(help="keep the newest K checkpoints while training [1]", rich_help_panel=RUN)] = None,  # noqa: E501
+    keep_checkpoints: Annotated[int | None, typer.Option(help="keep the newest K checkpoints while training; 0 writes none (no resume, Ctrl-C just stops) [1]", rich_help_panel=RUN)] = None,  # noqa: E501
     resume: Annotated[Path | None, typer.Option(help="continue the stopped run in this run directory from its newest checkpoint (same settings and data; flags may repeat them)", rich_help_panel=RUN)] = None,  # noqa: E501
     num_processes: Annotated[int | None, typer.Option(help="train with N processes (DDP; gloo on CPU, NCCL on GPUs); --batch-size stays the global batch [1]", rich_help_panel=RUN)] = None,  # noqa: E501
     sharding: Annotated[str | None, typer.Option(help="with several processes: none (DDP: a full copy per process) or fsdp (parameters, gradients and optimizer state sharded) [none]", rich_help_panel=RUN)] = None,  # noqa: E501
@@ -139,12 +139,14 @@ def train(
         eval_table = read_table(cfg.eval_data, text_col=cfg.text_col, label_col=cfg.label_col)
         eval_texts, eval_labels = eval_table.texts, eval_table.labels
 
-    settings = CheckpointSettings(run_dir / "checkpoints", every=cfg.save_every, keep=cfg.keep_checkpoints)
+    settings = (CheckpointSettings(run_dir / "checkpoints", every=cfg.save_every, keep=cfg.keep_checkpoints)
+                if cfg.keep_checkpoints > 0 else None)
     clf = Classifier(cfg).fit(
         table.texts, table.labels, eval_texts=eval_texts, eval_labels=eval_labels, quiet=quiet,
         data_name=f"training data {table.source}",
         eval_name=f"validation data {cfg.eval_data}" if cfg.eval_data else "validation split",
-        checkpoints=settings, resume=checkpoint, before_training=lambda model: check_checkpoint_space(settings, model),
+        checkpoints=settings, resume=checkpoint,
+        before_training=(lambda model: check_checkpoint_space(settings, model)) if settings else None,
     )
     if process_rank() == 0:  # only the main process writes the run directory
         # The finished run replaces its checkpoints: the model folder is the result.

@@ -81,7 +81,8 @@ class RunConfig(BaseModel):
     out: str | None = Field(default=None, description="run directory (default runs/<timestamp>)")
     save_every: int | None = Field(default=None, ge=1,
                                    description="checkpoint every N optimizer steps (always: each epoch end, Ctrl-C)")
-    keep_checkpoints: int = Field(default=1, ge=1, description="how many of the newest checkpoints to keep")
+    keep_checkpoints: int = Field(default=1, ge=0,
+                                  description="how many of the newest checkpoints to keep (0: write none)")
     num_processes: int = Field(default=1, ge=1, description="train with N processes (DDP; gloo on CPU)")
     sharding: Literal["none", "fsdp"] = Field(default="none",
                                               description="with several processes: none (DDP) or fsdp")
@@ -98,6 +99,8 @@ class RunConfig(BaseModel):
             raise ValueError("--mode probe needs the head bias (its standardized features fold into it)")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels contain duplicates")
+        if self.save_every is not None and self.keep_checkpoints == 0:
+            raise ValueError("save_every needs keep_checkpoints of at least 1 (0 writes no checkpoints)")
         if self.batch_size < self.num_processes:
             raise ValueError(f"batch_size ({self.batch_size}) is the global batch: it must be at least "
                              f"num_processes ({self.num_processes})")

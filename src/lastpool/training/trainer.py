@@ -458,7 +458,7 @@ class Trainer:
         value = step_loss.item()
         what = "NaN" if math.isnan(value) else ("infinite" if math.isinf(value) else "finite but its gradient is not")
         kept = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint is not None
-                else "no checkpoint was saved before it" + ("" if self.checkpoints else " (use --save-every N)"))
+                else "no checkpoint was saved before it" + (" (use --save-every N)" if self.checkpoints else ""))
         return TrainingStopped(f"training stopped: the loss is {what} at step {step} (epoch {epoch}), so that "
                                f"step was not applied; {kept}. Lower --lr, or check the data and --precision.",
                                exit_code=3)
