@@ -5,11 +5,18 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
+import sys
 from pathlib import Path
 
 from lastpool.fileio import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+
+
+def command_line(script: str) -> str:
+    """How this benchmark was invoked, for the results: ``python benchmarks/SCRIPT [args]``."""
+    return f"python benchmarks/{script}" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
 
 
 def write_section(block: str, begin: str, end: str, results: Path = RESULTS) -> None:

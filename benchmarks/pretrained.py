@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import command_line, machine_info, write_section  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -313,7 +313,7 @@ def main() -> None:
     if bad:
         parser.error(f"unknown mode(s): {', '.join(bad)}")
     args.model, args.data = args.model.resolve(), args.data.resolve()
-    command = "python benchmarks/pretrained.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = command_line("pretrained.py")
     plan = [(m, getattr(args, f"seeds_{m}") or args.seeds, getattr(args, f"epochs_{m}")) for m in args.modes]
     args.reused_command = None
     reused = reused_runs(args)

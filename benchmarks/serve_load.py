@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from _results import machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import command_line, machine_info, write_section  # benchmarks/ is on sys.path when run as a script
 
 from lastpool.data.tables import read_table
 
@@ -167,7 +167,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
-    command = "python benchmarks/serve_load.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = command_line("serve_load.py")
     if not args.data.is_file():
         parser.error(f"{args.data}: no such file (give --data)")
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shlex
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _results import machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import command_line, machine_info, write_section  # benchmarks/ is on sys.path when run as a script
 from pretrained import DEFAULT_DATA, DEFAULT_MODEL
 
 from lastpool.data.batching import EncodedDataset, LengthBucketSampler, PaddingCollator
@@ -83,7 +81,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    command = "python benchmarks/train_step.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = command_line("train_step.py")
     table = read_table(str(args.data))
     assert table.labels is not None
     names = sorted(set(table.labels))

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import command_line, machine_info, write_section  # benchmarks/ is on sys.path when run as a script
 from pretrained import DEFAULT_DATA, DEFAULT_MODEL, lastpool_exe, timed
 
 HERE = Path(__file__).resolve().parent
@@ -294,7 +294,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     args.model, args.data = args.model.resolve(), args.data.resolve()
-    command = "python benchmarks/vs_transformers.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = command_line("vs_transformers.py")
     kinds = [k.strip() for k in args.runs.split(",") if k.strip()]
     if "A'" not in kinds:
         parser.error("the A' run is needed: its weights are used for the inference comparison")

@@ -288,8 +288,6 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(data_file: 
 def stopped_run(data_file: Path, tmp_path: Path) -> Path:
     """A run directory holding checkpoints but no result, as a killed run leaves it."""
     run = tmp_path / "stopped"
-    texts, labels = demo_sample(per_class=40)
-    del texts, labels
     proc = _start(data_file, run)
     _wait_for_checkpoint(run, proc, 4)
     proc.kill()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,13 +216,11 @@ class Classifier:
         eval_name: str = "validation data",
         checkpoints: CheckpointSettings | None = None,
         resume: Checkpoint | None = None,
-        before_training: Callable[[torch.nn.Module], None] | None = None,
     ) -> Classifier:
         """Train on ``texts``/``labels``; validate on ``eval_*`` or on a stratified split of the data.
 
-        ``checkpoints``: save training checkpoints there (steps, epoch ends, Ctrl-C); ``resume``: continue
-        from one (the same texts, labels and settings); ``before_training``: a last check of the built
-        model before the first step (the CLI checks the disk can take its checkpoints)."""
+        ``checkpoints``: save training checkpoints there (steps, epoch ends, Ctrl-C; the disk is checked for
+        room first); ``resume``: continue from one (the same texts, labels and settings)."""
         cfg = self.config
         texts = _check_texts(texts, data_name)
         str_labels = [str(label) for label in labels]
@@ -263,8 +261,6 @@ class Classifier:
             freeze_for_mode(model, cfg.mode)
         trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet, precision=spec.precision,
                           checkpoints=checkpoints, resume=resume)
-        if before_training is not None:
-            before_training(model)
         with status(f"tokenizing {len(train_texts) + len(val_texts)} texts", quiet):
             train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
         if cfg.mode == "probe":

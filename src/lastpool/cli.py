@@ -111,7 +111,7 @@ def train(
     from lastpool.classifier import Classifier
     from lastpool.data.tables import read_table
     from lastpool.distributed import finish, launch_processes, process_rank, under_launcher
-    from lastpool.runs import check_checkpoint_space, check_output_dir, data_summary, default_run_dir, write_run
+    from lastpool.runs import check_output_dir, data_summary, default_run_dir, write_run
     from lastpool.training.checkpoint import CheckpointSettings, latest_checkpoint, load_checkpoint
 
     checkpoint = None
@@ -146,7 +146,6 @@ def train(
         data_name=f"training data {table.source}",
         eval_name=f"validation data {cfg.eval_data}" if cfg.eval_data else "validation split",
         checkpoints=settings, resume=checkpoint,
-        before_training=(lambda model: check_checkpoint_space(settings, model)) if settings else None,
     )
     if process_rank() == 0:  # only the main process writes the run directory
         # The finished run replaces its checkpoints: the model folder is the result.

@@ -79,8 +79,10 @@ def launch_processes(n: int, argv: list[str]) -> int:
 
 
 def finish() -> None:
-    """End this process's part in a distributed job (a no-op outside one)."""
+    """End this process's part in a distributed job (a no-op outside one). All processes wait for each
+    other first: one tearing down its connections while another still uses them aborts that one."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -9,6 +9,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lastpool.errors import ConfigError
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (what a later mkdir would write into)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
+def check_writable_dir(folder: Path, failure: str) -> None:
+    """The nearest existing ancestor of ``folder`` (missing ones are created when writing) must be a
+    writable directory; probed with a temporary file, creating nothing. ``failure`` starts the message."""
+    existing = nearest_existing(folder)
+    if not existing.is_dir():
+        raise ConfigError(f"{failure}: {existing} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lastpool-write-test")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{failure}: {exc.strerror or exc}") from None
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place."""

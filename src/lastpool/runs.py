@@ -7,20 +7,15 @@ end, so an interrupted or failed run never leaves a half-written run directory b
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lastpool.classifier import Classifier
 from lastpool.config import RunConfig, dump_yaml
 from lastpool.errors import ConfigError
-from lastpool.fileio import staged_dir
-from lastpool.training.checkpoint import CheckpointSettings, check_free_space, checkpoint_bytes
+from lastpool.fileio import check_writable_dir, staged_dir
 
 
 def default_run_dir() -> Path:
@@ -33,23 +28,7 @@ def check_output_dir(path: Path) -> None:
         raise ConfigError(f"output directory {path} already exists and is not empty; choose another --out")
     # Probe the nearest existing ancestor without creating anything: a run that fails later (bad data,
     # bad flags) must leave no trace, not even empty parent folders.
-    _check_writable_ancestor(path.parent, f"cannot write to output directory {path.parent}")
-
-
-def _check_writable_ancestor(folder: Path, failure: str) -> None:
-    """The nearest existing ancestor of ``folder`` (missing ones are created when writing) must be a
-    writable directory; probed with a temporary file, creating nothing."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{failure}: {existing} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lastpool-write-test")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"{failure}: {exc.strerror or exc}") from None
+    check_writable_dir(path.parent, f"cannot write to output directory {path.parent}")
 
 
 def check_output_file(path: Path, what: str = "--output") -> None:
@@ -57,7 +36,7 @@ def check_output_file(path: Path, what: str = "--output") -> None:
     writable, or it is a folder itself)."""
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory; give a file name")
-    _check_writable_ancestor(path.parent, f"cannot write {what} {path}")
+    check_writable_dir(path.parent, f"cannot write {what} {path}")
 
 
 def data_summary(texts: list[str], labels: list[str], source: str) -> dict[str, Any]:
@@ -116,13 +95,6 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
         "train_samples_per_second": result.train_samples_per_second,
         "data": data or {},
     }
-
-
-def check_checkpoint_space(settings: CheckpointSettings, model: torch.nn.Module) -> None:
-    """Before the first step: the run directory must take checkpoints of this model (``keep`` of them,
-    one more while the next is written, then the final model)."""
-    _check_writable_ancestor(settings.folder, f"cannot write checkpoints to {settings.folder}")
-    check_free_space(settings.folder, (settings.keep + 2) * checkpoint_bytes(model))
 
 
 def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any] | None = None,

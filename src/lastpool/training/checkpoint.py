@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lastpool.errors import CheckpointError
+from lastpool.fileio import check_writable_dir, nearest_existing
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{8})(-epoch)?$")
@@ -175,11 +176,15 @@ def checkpoint_bytes(model: torch.nn.Module) -> int:
 
 def check_free_space(folder: Path, needed: int) -> None:
     """Fail before training when the disk cannot hold the checkpoints the run will write."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(nearest_existing(folder)).free
     if free < needed:
         raise CheckpointError(f"not enough free disk space for checkpoints in {folder}: they need about "
                               f"{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free "
                               "(free some space, lower --keep-checkpoints or choose another --out)")
+
+
+def check_checkpoint_space(settings: CheckpointSettings, model: torch.nn.Module) -> None:
+    """Before the first step: the run directory must take checkpoints of this model (``keep`` of them,
+    one more while the next is written, then the final model)."""
+    check_writable_dir(settings.folder, f"cannot write checkpoints to {settings.folder}")
+    check_free_space(settings.folder, (settings.keep + 2) * checkpoint_bytes(model))

@@ -43,6 +43,7 @@ from lastpool.evaluation.metrics import classification_metrics
 from lastpool.training.checkpoint import (
     Checkpoint,
     CheckpointSettings,
+    check_checkpoint_space,
     checkpoint_name,
     data_fingerprint,
     save_checkpoint,
@@ -157,6 +158,8 @@ class Trainer:
         on_features = isinstance(train, FeatureDataset)
         fsdp = self.config.sharding == "fsdp" and accelerator.num_processes > 1 and not on_features
         master = MasterWeights(model) if self.precision == "bf16" and not on_features and not fsdp else None
+        if self.checkpoints is not None:
+            check_checkpoint_space(self.checkpoints, model)  # fail now, not at the first epoch's end
         try:
             with attention_for_training(model, accelerator.device):
                 return self._fit(accelerator, model, train, val, master)
@@ -225,7 +228,8 @@ class Trainer:
                 if loop.step_in_epoch == 0:
                     loss_sum = torch.zeros((), device=device)
                 else:  # resumed inside an epoch: its running loss comes from the checkpoint
-                    loss_sum = self.resume.tensors["loss_sum"].to(device) if self.resume else torch.zeros(())
+                    assert self.resume is not None
+                    loss_sum = self.resume.tensors["loss_sum"].to(device)
                 started = time.perf_counter()
                 stopping = False
                 for group in groups[loop.step_in_epoch:]:
