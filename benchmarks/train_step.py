@@ -68,8 +68,7 @@ class Variant:
         self.optimizer.zero_grad(set_to_none=True)
         if self.master is not None:
             self.master.push()
-            for tensor in self.master.masters:
-                tensor.grad = None
+            self.master.clear_grads()
         return time.perf_counter() - start
 
 

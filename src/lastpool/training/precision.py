@@ -41,6 +41,9 @@ class MasterWeights:
             self._params.append((name, p, original))
         self._trainable = [(p, original) for _, p, original in self._params if p.requires_grad]
         self.trainable_names = [name for name, p, _ in self._params if p.requires_grad]
+        # float32 gradient buffers, allocated once: a fresh half-gigabyte of gradients every step (135M
+        # parameters) costs page faults, a few percent of a step (docs/BENCHMARKS.md).
+        self._grad_buffers: list[torch.Tensor] | None = None
 
     @property
     def masters(self) -> list[torch.Tensor]:
@@ -49,14 +52,31 @@ class MasterWeights:
 
     @torch.no_grad()
     def collect_grads(self) -> None:
-        for p, master in self._trainable:
+        """Add the bf16 gradients of the last backward pass into the float32 master gradients."""
+        if self._grad_buffers is None:
+            self._grad_buffers = [torch.empty_like(master) for _, master in self._trainable]
+        first: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        more: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        for (p, master), buffer in zip(self._trainable, self._grad_buffers, strict=True):
             if p.grad is None:
                 continue
-            if master.grad is None:
-                master.grad = p.grad.float()
+            if master.grad is None:  # the first micro-batch of a step (the optimizer set it to None)
+                master.grad = buffer
+                first[0].append(buffer)
+                first[1].append(p.grad)
             else:
-                master.grad.add_(p.grad)
+                more[0].append(master.grad)
+                more[1].append(p.grad)
             p.grad = None
+        if first[0]:
+            torch._foreach_copy_(*first)
+        if more[0]:
+            torch._foreach_add_(*more)
+
+    def clear_grads(self) -> None:
+        """Forget the master gradients (their buffers are kept for the next step)."""
+        for _, master in self._trainable:
+            master.grad = None
 
     @torch.no_grad()
     def push(self) -> None:
@@ -79,8 +99,8 @@ class MasterWeights:
         for _, p, original in self._params:
             p.data = original
             p.grad = None
-        for _, master in self._trainable:
-            master.grad = None
+        self.clear_grads()
+        self._grad_buffers = None
 
 
 def _pretrained_models(model: nn.Module) -> list[PreTrainedModel]:

@@ -265,8 +265,7 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                     if master is not None:
                         master.push()
-                        for tensor in master.masters:
-                            tensor.grad = None
+                        master.clear_grads()
                     loss_sum += step_loss
                     loop.seen += step_rows
                     loop.step_in_epoch += 1
