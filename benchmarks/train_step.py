@@ -1,12 +1,14 @@
 """Where a training step's time goes: bf16 autocast vs bf16 weights with float32 masters, SDPA vs eager
-attention, on the same model and the same real batches, in one process, rounds interleaved.
+attention, torch.compile'd decoder blocks (``--compile``), on the same model and the same real batches,
+in one process, rounds interleaved.
 
 SmolLM2-135M-Instruct (the dequantized GGUF) as a lastpool full fine-tune; the batches are the first
 ``--batches`` length-bucketed batches of Financial PhraseBank (allagree) at batch 16, max length 64.
 Each variant runs them ``--rounds`` times (the first round is a warm-up, not counted), one variant after
 the other within a round, so a slow phase of a shared machine hits all of them. Reported: seconds per
 step (median over rounds of the summed step time) and the ratio to the autocast + SDPA reference, which
-is how transformers' Trainer with ``bf16=True`` runs the model.
+is how transformers' Trainer with ``bf16=True`` runs the model, and the warm-up round's time per step
+(which holds the compile of the compiled variant).
 
     python benchmarks/train_step.py [--batches 12] [--rounds 4] [--no-write]
 """
@@ -32,22 +34,28 @@ from lastpool.models.backbones import load_backbone
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer
 from lastpool.training.precision import MasterWeights, attention_for_training
+from lastpool.training.sharding import block_list
 from lastpool.training.trainer import make_optimizer
 
 MARK_BEGIN, MARK_END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
-VARIANTS = {  # name: (bf16 weights + masters, eager attention)
-    "autocast bf16, SDPA (reference: how Trainer bf16=True runs)": (False, False),
-    "autocast bf16, eager attention": (False, True),
-    "bf16 weights + float32 masters, SDPA": (True, False),
-    "bf16 weights + float32 masters, eager attention (lastpool)": (True, True),
+VARIANTS = {  # name: (bf16 weights + masters, eager attention, compiled blocks)
+    "autocast bf16, SDPA (reference: how Trainer bf16=True runs)": (False, False, False),
+    "autocast bf16, eager attention": (False, True, False),
+    "bf16 weights + float32 masters, SDPA": (True, False, False),
+    "bf16 weights + float32 masters, eager attention (lastpool)": (True, True, False),
+    "the same + compiled decoder blocks (lastpool --compile)": (True, True, True),
 }
 
 
 class Variant:
     """One model + optimizer set up the way a variant trains."""
 
-    def __init__(self, base: SequenceClassifier, masters: bool, eager: bool) -> None:
+    def __init__(self, base: SequenceClassifier, masters: bool, eager: bool, compiled: bool) -> None:
         self.model = copy.deepcopy(base)
+        if compiled:  # as lastpool.training.compilation.compiled_blocks does
+            self.model.backbone.model.set_attn_implementation("eager")
+            for block in block_list(self.model):
+                block.compile(dynamic=True)
         self.master = MasterWeights(self.model) if masters else None
         self.optimizer = make_optimizer(self.master.masters if self.master else self.model, 5e-5, 0.0)
         self.eager = eager
@@ -94,23 +102,28 @@ def main() -> None:
     base = SequenceClassifier(backbone, backbone.hidden_size, len(names))
     variants = {name: Variant(base, *flags) for name, flags in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
+    warmup: dict[str, float] = {}
     for round_ in range(args.rounds + 1):
         for name, variant in variants.items():
             seconds = sum(variant.step(batch) for batch in batches)
             if round_ > 0:
                 times[name].append(seconds)
+            else:
+                warmup[name] = seconds
             print(f"round {round_} {name}: {seconds / len(batches):.3f} s/step", flush=True)
     reference = statistics.median(times[next(iter(variants))])
-    rows = [f"| {name} | {statistics.median(t) / len(batches):.3f} | {reference / statistics.median(t):.2f}x |"
-            for name, t in times.items()]
+    rows = [f"| {name} | {statistics.median(t) / len(batches):.3f} | {reference / statistics.median(t):.2f}x "
+            f"| {warmup[name] / len(batches):.3f} |" for name, t in times.items()]
     block = "\n".join([
         MARK_BEGIN, "## One training step, variant by variant (`benchmarks/train_step.py`)", "",
         f"Command: `{command}`. Machine: {machine_info()}.", "",
         f"SmolLM2-135M-Instruct full fine-tune, the same {len(batches)} length-bucketed Financial PhraseBank "
         f"batches of 16 ({real_tokens / len(batches):.0f} real tokens per batch on average) in every variant; "
         f"forward, backward, gradient clipping and the fused AdamW step; median of {args.rounds} rounds "
-        "after a warm-up round.", "",
-        "| variant | s / step | speed vs reference |", "|---|---|---|", *rows, MARK_END])
+        "after a warm-up round. The compiled variant's warm-up round holds its compile (with torch "
+        "inductor's on-disk cache as this machine had it).", "",
+        "| variant | s / step | speed vs reference | warm-up round, s / step |", "|---|---|---|---|", *rows,
+        MARK_END])
     print(block)
     if not args.no_write:
         write_section(block, MARK_BEGIN, MARK_END)

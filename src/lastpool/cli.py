@@ -70,6 +70,7 @@ def train(
     model: Annotated[str | None, typer.Option(help="scratch, or a pretrained decoder: hub id, local folder or .gguf file [scratch]", rich_help_panel=MODEL)] = None,  # noqa: E501
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="run a hub model's own code [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
     grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="recompute activations to save memory [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each decoder block for training: faster steps on CPU after a one-off compile (~20 s; ~5 s once cached); needs a C++ compiler [off]", rich_help_panel=OPT)] = None,  # noqa: E501
     layer: Annotated[int | None, typer.Option(help="pretrained: pool the hidden states after this block; later blocks and the final norm are dropped [all]", rich_help_panel=MODEL)] = None,  # noqa: E501
     mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features) or top-N (train the last N blocks) [full]", rich_help_panel=OPT)] = None,  # noqa: E501
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank [8]", rich_help_panel=OPT)] = None,

@@ -44,6 +44,7 @@ class RunConfig(BaseModel):
     model: str = Field(default="scratch", description="scratch, or a pretrained decoder: hub id, folder, .gguf")
     trust_remote_code: bool = Field(default=False, description="allow a hub model's own Python code")
     grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory")
+    compile: bool = Field(default=False, description="torch.compile each decoder block for training")
     layer: int | None = Field(default=None, ge=1,
                               description="pretrained: pool the hidden states after this block (later ones dropped)")
     mode: str = Field(default="full", pattern=r"^(full|lora|probe|top-[1-9][0-9]*)$",
@@ -101,6 +102,10 @@ class RunConfig(BaseModel):
             raise ValueError("labels contain duplicates")
         if self.save_every is not None and self.keep_checkpoints == 0:
             raise ValueError("save_every needs keep_checkpoints of at least 1 (0 writes no checkpoints)")
+        if self.compile and self.num_processes > 1:
+            raise ValueError("compile runs in one process for now (not with num_processes > 1)")
+        if self.compile and self.grad_checkpointing:
+            raise ValueError("compile and grad_checkpointing do not go together")
         if self.batch_size < self.num_processes:
             raise ValueError(f"batch_size ({self.batch_size}) is the global batch: it must be at least "
                              f"num_processes ({self.num_processes})")

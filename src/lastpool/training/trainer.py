@@ -48,6 +48,7 @@ from lastpool.training.checkpoint import (
     data_fingerprint,
     save_checkpoint,
 )
+from lastpool.training.compilation import compiled_blocks, eager
 from lastpool.training.features import FeatureDataset, collate_features
 from lastpool.training.inference import predict_logits, softmax
 from lastpool.training.precision import MasterWeights, attention_for_training
@@ -161,7 +162,8 @@ class Trainer:
         if self.checkpoints is not None:
             check_checkpoint_space(self.checkpoints, model)  # fail now, not at the first epoch's end
         try:
-            with attention_for_training(model, accelerator.device):
+            with attention_for_training(model, accelerator.device), \
+                    compiled_blocks(model, self.config.compile and not on_features):
                 return self._fit(accelerator, model, train, val, master)
         finally:
             if master is not None:
@@ -292,7 +294,8 @@ class Trainer:
                 result.train_seconds += seconds
                 result.train_samples += loop.seen
                 total_loss = accelerator.reduce(loss_sum.clone(), "sum") if world > 1 else loss_sum
-                metrics, logits = self._evaluate(accelerator, model if fsdp else unwrapped, val, sharded=fsdp)
+                with eager():  # validation never compiles (evaluation mode would be a second graph)
+                    metrics, logits = self._evaluate(accelerator, model if fsdp else unwrapped, val, sharded=fsdp)
                 record = {
                     "epoch": epoch + 1,
                     "train_loss": float(total_loss.item()) / max(loop.seen, 1),
