@@ -35,6 +35,7 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "model": ("some/model", "some/model"),
     "trust_remote_code": (None, True),  # a switch
     "grad_checkpointing": (None, True),  # a switch
+    "compile": (None, True),
     "precision": ("bf16", "bf16"),
     "mode": ("top-2", "top-2"),
     "lora_r": ("4", 4),
