@@ -19,6 +19,13 @@ def command_line(script: str) -> str:
     return f"python benchmarks/{script}" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
 
 
+def publish(block: str, begin: str, end: str, write: bool = True) -> None:
+    """Print a benchmark's results section and (unless ``write`` is off) put it into docs/BENCHMARKS.md."""
+    print(block)
+    if write:
+        write_section(block, begin, end)
+
+
 def write_section(block: str, begin: str, end: str, results: Path = RESULTS) -> None:
     """Put ``block`` (which starts with ``begin`` and ends with ``end``) in place of the old section."""
     text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmarks\n"

@@ -15,7 +15,7 @@ import argparse
 import time
 
 import torch
-from _results import command_line, machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
 
 MARK_BEGIN, MARK_END = "<!-- matmul_shapes:begin -->", "<!-- matmul_shapes:end -->"
 TOKENS, HIDDEN, MLP, KV = 627, 576, 1536, 192
@@ -72,9 +72,7 @@ def main() -> None:
         "best of 3 timed loops each.", "",
         f"| matmul | shape | GFLOP/s ({threads} threads) | vs the 2048^3 loop |", "|---|---|---|---|", *rows,
         MARK_END])
-    print(block)
-    if not args.no_write:
-        write_section(block, MARK_BEGIN, MARK_END)
+    publish(block, MARK_BEGIN, MARK_END, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from _results import command_line, machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
 
 from lastpool.data.tables import read_table
 
@@ -206,9 +206,7 @@ def main() -> int:
                 return 1
 
     block = render(rows, args, model_desc, n_texts, command)
-    print(block)
-    if not args.no_write:
-        write_section(block, MARK_BEGIN, MARK_END)
+    publish(block, MARK_BEGIN, MARK_END, write=not args.no_write)
     return 1 if any(r["errors"] for r in rows) else 0
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _results import command_line, machine_info, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
 from pretrained import DEFAULT_DATA, DEFAULT_MODEL
 
 from lastpool.data.batching import EncodedDataset, LengthBucketSampler, PaddingCollator
@@ -33,8 +33,8 @@ from lastpool.data.tables import read_table
 from lastpool.models.backbones import load_backbone
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer
+from lastpool.training.compilation import compile_blocks
 from lastpool.training.precision import MasterWeights, attention_for_training
-from lastpool.training.sharding import block_list
 from lastpool.training.trainer import make_optimizer
 
 MARK_BEGIN, MARK_END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
@@ -52,10 +52,9 @@ class Variant:
 
     def __init__(self, base: SequenceClassifier, masters: bool, eager: bool, compiled: bool) -> None:
         self.model = copy.deepcopy(base)
-        if compiled:  # as lastpool.training.compilation.compiled_blocks does
+        if compiled:  # attention stays eager for good: switching it per step would change the compiled code
             self.model.backbone.model.set_attn_implementation("eager")
-            for block in block_list(self.model):
-                block.compile(dynamic=True)
+            compile_blocks(self.model)
         self.master = MasterWeights(self.model) if masters else None
         self.optimizer = make_optimizer(self.master.masters if self.master else self.model, 5e-5, 0.0)
         self.eager = eager
@@ -76,7 +75,6 @@ class Variant:
         self.optimizer.zero_grad(set_to_none=True)
         if self.master is not None:
             self.master.push()
-            self.master.clear_grads()
         return time.perf_counter() - start
 
 
@@ -124,9 +122,7 @@ def main() -> None:
         "inductor's on-disk cache as this machine had it).", "",
         "| variant | s / step | speed vs reference | warm-up round, s / step |", "|---|---|---|---|", *rows,
         MARK_END])
-    print(block)
-    if not args.no_write:
-        write_section(block, MARK_BEGIN, MARK_END)
+    publish(block, MARK_BEGIN, MARK_END, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from pretrained import DEFAULT_DATA, DEFAULT_MODEL, lastpool_exe, timed
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- vs_transformers:begin -->", "<!-- vs_transformers:end -->"
 SHARED = {"max_length": 64, "batch_size": 16, "lr_full": "5e-5", "lr_lora": "1e-3"}
+KINDS = ("A'", "A", "B full", "B full compiled", "B lora")  # the training runs --runs can name
+FULL_B = ("B full", "B full compiled")  # lastpool full fine-tunes: measured against A' and the matmul peak
 TARGETS = {"train_speedup": 2.0, "accuracy_gap": 0.01, "inference_speedup": 2.0, "peak_share": 0.40}
 
 PIPELINE_SNIPPET = r"""
@@ -253,7 +255,7 @@ def render(args: argparse.Namespace, command: str, facts: dict, peaks: list[floa
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows), ""]
     by = {r["kind"]: r for r in runs if r["ok"]}
     best_hf = by.get("A'")
-    for kind in ("B full", "B full compiled"):
+    for kind in FULL_B:
         if best_hf and kind in by:
             speed = by[kind]["samples_per_s"] / best_hf["samples_per_s"]
             gap = best_hf["accuracy"] - by[kind]["accuracy"]
@@ -263,7 +265,7 @@ def render(args: argparse.Namespace, command: str, facts: dict, peaks: list[floa
                          f"{'met' if ok else 'NOT met'}).")
     if best_hf and "A" in by:
         lines.append(f"- A' / A samples/s: {best_hf['samples_per_s'] / by['A']['samples_per_s']:.2f}x.")
-    for kind in ("B full", "B full compiled"):
+    for kind in FULL_B:
         if kind in by:
             share = by[kind]["gflops"] / peak
             lines.append(f"- {kind} sustains {share:.1%} of the bf16 matmul peak (target >= 40%: "
@@ -295,7 +297,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="stop every training run early (smoke test)")
     parser.add_argument("--runs", default="A',B full,B full compiled,A,B lora",
-                        help="which training runs, in this order (A', A, B full, B full compiled, B lora)")
+                        help=f"which training runs, in this order (of {', '.join(KINDS)})")
     parser.add_argument("--rounds", type=int, default=2, help="inference rounds per side")
     parser.add_argument("--texts", type=int, default=2000, help="texts to classify in the inference comparison")
     parser.add_argument("--no-write", action="store_true")
@@ -303,9 +305,9 @@ def main() -> None:
     args.model, args.data = args.model.resolve(), args.data.resolve()
     command = command_line("vs_transformers.py")
     kinds = [k.strip() for k in args.runs.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in ("A", "A'", "B full", "B full compiled", "B lora")]
+    unknown = [k for k in kinds if k not in KINDS]
     if unknown:
-        parser.error(f"unknown run(s) {unknown}: choose from A', A, B full, B full compiled, B lora")
+        parser.error(f"unknown run(s) {unknown}: choose from {', '.join(KINDS)}")
     if "A'" not in kinds:
         parser.error("the A' run is needed: its weights are used for the inference comparison")
     env = {**os.environ}

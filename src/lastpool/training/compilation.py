@@ -25,6 +25,14 @@ from lastpool.errors import ConfigError
 from lastpool.training.sharding import block_list
 
 
+def compile_blocks(model: nn.Module) -> list[nn.Module]:
+    """Make every decoder block of ``model`` run compiled (lazily, at its first call); returns them."""
+    blocks = list(block_list(model))
+    for block in blocks:
+        block.compile(dynamic=True)
+    return blocks
+
+
 @contextmanager
 def compiled_blocks(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Inside: every decoder block of ``model`` runs compiled. A compiler failure (e.g. no C++ compiler,
@@ -32,9 +40,7 @@ def compiled_blocks(model: nn.Module, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    blocks = list(block_list(model))
-    for block in blocks:
-        block.compile(dynamic=True)
+    blocks = compile_blocks(model)
     try:
         yield
     except torch._dynamo.exc.TorchDynamoException as exc:

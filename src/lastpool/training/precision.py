@@ -73,11 +73,6 @@ class MasterWeights:
         if more[0]:
             torch._foreach_add_(*more)
 
-    def clear_grads(self) -> None:
-        """Forget the master gradients (their buffers are kept for the next step)."""
-        for _, master in self._trainable:
-            master.grad = None
-
     @torch.no_grad()
     def push(self) -> None:
         if self._trainable:
@@ -99,7 +94,8 @@ class MasterWeights:
         for _, p, original in self._params:
             p.data = original
             p.grad = None
-        self.clear_grads()
+        for _, master in self._trainable:
+            master.grad = None
         self._grad_buffers = None
 
 

@@ -264,10 +264,9 @@ class Trainer:
                         raise self._diverged(result.optimizer_steps + 1, epoch + 1, step_loss)
                     optimizer.step()
                     scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.zero_grad(set_to_none=True)  # over the masters, when there are masters
                     if master is not None:
                         master.push()
-                        master.clear_grads()
                     loss_sum += step_loss
                     loop.seen += step_rows
                     loop.step_in_epoch += 1
