@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lastpool import Classifier
-from lastpool.training.sharding import block_list
+from lastpool.models.backbones import block_list
 from tests.conftest import TINY_KW, demo_sample
 from tests.test_cli import run_fail
 from tests.test_pretrained import TINY, llama_folder  # noqa: F401  (the fixture)

@@ -88,6 +88,14 @@ def decoder_blocks(base: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
+def block_list(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks: the longest ModuleList anywhere in the model (through LoRA wrappers too)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}")
+    return max(lists, key=len)
+
+
 def final_norm_name(base: nn.Module) -> str:
     """Attribute name of the norm after the last block (``norm``, ``ln_f``, ``final_layer_norm``...):
     the one child with weights that is neither an embedding nor the block stack."""

@@ -6,6 +6,7 @@ Pool first, then apply the head: the head runs on B vectors, not B x T (transfor
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,8 @@ from lastpool.models.backbones import (
     truncated_config,
 )
 from lastpool.models.gpt import GPTBackbone, GPTConfig, position_ids_from_mask
-from lastpool.models.pooling import Pooler, PoolingName
+from lastpool.models.pooled_only import POOLED_METHODS, PooledTokenMLP
+from lastpool.models.pooling import Pooler, PoolingName, pooled_index
 from lastpool.text.tokenizers import TEXT_SLOT
 from lastpool.version import __version__
 
@@ -124,6 +126,8 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.pooler = Pooler(pooling)
+        # The last block's MLP at the pooled token only (a plain attribute: hooks, no parameters).
+        self.pooled_mlp = PooledTokenMLP.attach(backbone, hidden_size) if pooling in POOLED_METHODS else None
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(hidden_size, num_labels, bias=head_bias)
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
@@ -133,7 +137,11 @@ class SequenceClassifier(nn.Module):
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One vector per row: the backbone's hidden states reduced by the pooler."""
         position_ids = position_ids_from_mask(attention_mask)
-        hidden = self.backbone(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        selecting: AbstractContextManager[None] = nullcontext()
+        if self.pooled_mlp is not None:
+            selecting = self.pooled_mlp.selecting(pooled_index(attention_mask, self.pooler.method), input_ids.shape[1])
+        with selecting:
+            hidden = self.backbone(input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return self.pooler(hidden, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

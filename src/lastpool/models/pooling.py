@@ -36,13 +36,20 @@ def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return masked.min(dim=-1).values.clamp(max=seq_len - 1)
 
 
+def pooled_index(attention_mask: torch.Tensor, method: str) -> torch.Tensor | None:
+    """The one position per row that ``method`` reads (``last``, ``first``), or None when it reads them all."""
+    if method == "last":
+        return last_token_index(attention_mask)
+    if method == "first":
+        return first_token_index(attention_mask)
+    return None
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str = "last") -> torch.Tensor:
     """Reduce ``hidden`` [B, T, D] to [B, D] with ``method``, looking only at real tokens."""
-    batch = torch.arange(hidden.shape[0], device=hidden.device)
-    if method == "last":
-        return hidden[batch, last_token_index(attention_mask)]
-    if method == "first":
-        return hidden[batch, first_token_index(attention_mask)]
+    index = pooled_index(attention_mask, method)
+    if index is not None:
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
     if method == "mean":
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

@@ -22,12 +22,18 @@ import torch
 from torch import nn
 
 from lastpool.errors import ConfigError
-from lastpool.training.sharding import block_list
+from lastpool.models.backbones import block_list
 
 
 def compile_blocks(model: nn.Module) -> list[nn.Module]:
-    """Make every decoder block of ``model`` run compiled (lazily, at its first call); returns them."""
-    blocks = list(block_list(model))
+    """Make the decoder blocks of ``model`` run compiled (lazily, at their first call); returns them.
+
+    A last block whose MLP runs at the pooled token only (models/pooled_only.py) stays eager: dynamo
+    does not guard on module hooks, so it would reuse the other blocks' graph and drop the hooks (or,
+    compiled first, force them on every block)."""
+    pooled_mlp = getattr(model, "pooled_mlp", None)
+    hooked = pooled_mlp.block if pooled_mlp is not None else None
+    blocks = [block for block in block_list(model) if block is not hooked]
     for block in blocks:
         block.compile(dynamic=True)
     return blocks

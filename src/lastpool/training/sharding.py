@@ -17,13 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def block_list(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks: the longest ModuleList anywhere in the model (through LoRA wrappers too)."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise ValueError(f"cannot find the decoder blocks of {type(model).__name__} to shard")
-    return max(lists, key=len)
+from lastpool.models.backbones import block_list
 
 
 def shard(model: nn.Module, precision: str) -> nn.Module:
