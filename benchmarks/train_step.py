@@ -1,6 +1,8 @@
 """Where a training step's time goes: bf16 autocast vs bf16 weights with float32 masters, SDPA vs eager
-attention, torch.compile'd decoder blocks (``--compile``), on the same model and the same real batches,
-in one process, rounds interleaved.
+attention, the last block's MLP at the pooled token only, gradient clipping folded into the fused AdamW
+step, torch.compile'd decoder blocks (``--compile``), on the same model and the same real batches, in one
+process, rounds interleaved. Each lastpool lever is added to the previous variant, so each row's gain
+over the row above is that lever's.
 
 SmolLM2-135M-Instruct (the dequantized GGUF) as a lastpool full fine-tune; the batches are the first
 ``--batches`` length-bucketed batches of Financial PhraseBank (allagree) at batch 16, max length 64.
@@ -35,29 +37,35 @@ from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer
 from lastpool.training.compilation import compile_blocks
 from lastpool.training.precision import MasterWeights, attention_for_training
-from lastpool.training.trainer import make_optimizer
+from lastpool.training.trainer import clip_in_fused_step, make_optimizer
 
 MARK_BEGIN, MARK_END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
-VARIANTS = {  # name: (bf16 weights + masters, eager attention, compiled blocks)
-    "autocast bf16, SDPA (reference: how Trainer bf16=True runs)": (False, False, False),
-    "autocast bf16, eager attention": (False, True, False),
-    "bf16 weights + float32 masters, SDPA": (True, False, False),
-    "bf16 weights + float32 masters, eager attention (lastpool)": (True, True, False),
-    "the same + compiled decoder blocks (lastpool --compile)": (True, True, True),
+VARIANTS = {  # name: (bf16 weights + masters, eager attention, compiled blocks, last MLP pooled only, clip in AdamW)
+    "autocast bf16, SDPA (reference: how Trainer bf16=True runs)": (False, False, False, False, False),
+    "autocast bf16, eager attention": (False, True, False, False, False),
+    "bf16 weights + float32 masters, SDPA": (True, False, False, False, False),
+    "bf16 weights + float32 masters, eager attention": (True, True, False, False, False),
+    "the same + last block's MLP at the pooled token only": (True, True, False, True, False),
+    "the same + clipping folded into fused AdamW (lastpool)": (True, True, False, True, True),
+    "the same + compiled decoder blocks (lastpool --compile)": (True, True, True, True, True),
 }
 
 
 class Variant:
     """One model + optimizer set up the way a variant trains."""
 
-    def __init__(self, base: SequenceClassifier, masters: bool, eager: bool, compiled: bool) -> None:
+    def __init__(self, base: SequenceClassifier, masters: bool, eager: bool, compiled: bool, pooled_mlp: bool,
+                 folded_clip: bool) -> None:
         self.model = copy.deepcopy(base)
+        if not pooled_mlp:  # the MLP at every position of the last block, as transformers runs it
+            self.model.pooled_mlp = None
         if compiled:  # attention stays eager for good: switching it per step would change the compiled code
             self.model.backbone.model.set_attn_implementation("eager")
             compile_blocks(self.model)
         self.master = MasterWeights(self.model) if masters else None
         self.optimizer = make_optimizer(self.master.masters if self.master else self.model, 5e-5, 0.0)
         self.eager = eager
+        self.folded_clip = folded_clip
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         start = time.perf_counter()
@@ -70,7 +78,10 @@ class Variant:
             params = self.master.masters
         else:
             params = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        if self.folded_clip:
+            clip_in_fused_step(self.optimizer, params, 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.master is not None:

@@ -114,3 +114,28 @@ def test_eager_attention_while_training_on_cpu_and_sdpa_after() -> None:
     except KeyboardInterrupt:
         pass
     assert hf.config._attn_implementation == "sdpa"  # restored on the way out of an interrupted fit
+
+
+def test_clipping_inside_the_fused_step_matches_clip_grad_norm() -> None:
+    """The norm-sized division folded into fused AdamW gives clip_grad_norm_'s updates, clipped or not."""
+    from lastpool.training.trainer import clip_in_fused_step, make_optimizer
+
+    for max_norm in (0.05, 1e3):  # clipping every step; never clipping
+        torch.manual_seed(0)
+        a, b = nn.Linear(8, 4), nn.Linear(8, 4)
+        b.load_state_dict(a.state_dict())
+        plain, folded = make_optimizer(a, 1e-2, 0.1), make_optimizer(b, 1e-2, 0.1)
+        assert folded.defaults["fused"]
+        for step in range(5):
+            x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step)) * 10
+            for model in (a, b):
+                model(x).pow(2).sum().backward()
+            expected = torch.nn.utils.clip_grad_norm_(list(a.parameters()), max_norm, foreach=True)
+            norm = clip_in_fused_step(folded, list(b.parameters()), max_norm)
+            torch.testing.assert_close(norm, expected)
+            plain.step()
+            folded.step()
+            plain.zero_grad()
+            folded.zero_grad()
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)

