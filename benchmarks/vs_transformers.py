@@ -108,8 +108,23 @@ def data_facts(model: Path, data: Path, seed: int, n_texts: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(table.texts), generator=generator).tolist()
     return {"non_embedding_params": params - embedding, "train_rows": len(ids),
-            "real_tokens_per_epoch": sum(len(x) for x in ids),
+            "real_tokens_per_epoch": sum(len(x) for x in ids), "padding": padding_shares([len(x) for x in ids], seed),
             "inference_texts": [table.texts[i] for i in order[:n_texts]]}
+
+
+def padding_shares(lengths: list[int], seed: int) -> dict[str, float]:
+    """Padding as a share of the tokens an epoch computes: lastpool's length buckets vs random batches.
+    It bounds what packing several texts into one row could save."""
+    from lastpool.data.batching import LengthBucketSampler
+
+    def share(batches: list[list[int]]) -> float:
+        computed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        return 1 - sum(lengths) / computed
+
+    size = SHARED["batch_size"]
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    return {"buckets": share(LengthBucketSampler(lengths, size, seed=seed).batches()),
+            "random": share([order[i : i + size] for i in range(0, len(order), size)])}
 
 
 def train_run(kind: str, args: argparse.Namespace, env: dict[str, str], work: Path, facts: dict) -> dict:
@@ -248,7 +263,10 @@ def render(args: argparse.Namespace, command: str, facts: dict, peaks: list[floa
              f"Model `{args.model.name}` (dequantized float32, "
              f"{facts['non_embedding_params'] / 1e6:.1f} M non-embedding parameters), `{args.data.name}`, "
              f"seed {args.seed} split ({facts['train_rows']} training rows, "
-             f"{facts['real_tokens_per_epoch']} real tokens per epoch), {args.epochs} epoch(s)"
+             f"{facts['real_tokens_per_epoch']} real tokens per epoch; padding "
+             f"{facts['padding']['buckets']:.1%} of the tokens computed in lastpool's length buckets, "
+             f"{facts['padding']['random']:.1%} in random batches), "
+             f"{args.epochs} epoch(s)"
              + (f", stopped after {args.max_steps} steps" if args.max_steps else "")
              + f", batch {SHARED['batch_size']}, max length {SHARED['max_length']}, lr {SHARED['lr_full']} "
              f"(LoRA {SHARED['lr_lora']}, r 16). Training time excludes evaluation on both sides.", "",
