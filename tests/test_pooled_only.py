@@ -154,3 +154,23 @@ def test_compile_leaves_the_hooked_block_eager() -> None:
     finally:
         for block in compiled:
             block._compiled_call_impl = None
+
+
+def test_an_mlp_called_by_keyword_runs_everywhere() -> None:
+    """The hooks see positional inputs only; a block that passes the input by keyword gets the full MLP."""
+    backbone = _backbone("scratch")
+    block = block_list(backbone)[-1]
+
+    def forward(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + block.attn(block.ln_1(x), mask)
+        return x + block.mlp(x=block.ln_2(x))
+
+    block.forward = forward
+    model = SequenceClassifier(backbone, WIDTH, 3).eval()
+    assert model.pooled_mlp is not None
+    lengths = _mlp_input_lengths(model)
+    ids, mask = _batch("right")
+    selected = model(ids, mask)
+    model.pooled_mlp = None
+    torch.testing.assert_close(selected, model(ids, mask))
+    assert lengths == [ids.shape[1]] * 2

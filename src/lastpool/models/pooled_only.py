@@ -64,14 +64,14 @@ class PooledTokenMLP:
             self.index, self.length = None, 0
 
     def _gather(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if self.index is None:
+        if self.index is None or not args:  # called by keyword: left to run everywhere (see _repeat)
             return None
         hidden = args[0]
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return (hidden[rows, self.index].unsqueeze(1), *args[1:])
 
     def _repeat(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-        if self.index is None:
+        if self.index is None or output.shape[1] != 1:  # not gathered: already full length
             return None
         # A real tensor, not an expanded view: some blocks add into the MLP's output in place.
         return output.expand(-1, self.length, -1).contiguous()
