@@ -5,12 +5,13 @@ Once the matmuls run in bf16, about a third of a CPU training step is elementwis
 passes), each op a full pass over memory. Inductor fuses those into a few C++ loops per block, and
 the step gets 10-15% faster (docs/BENCHMARKS.md).
 
-Why per block and not the whole model: all blocks share one compiled graph (their parameters are
+Why per block and not the whole model: the blocks share one compiled graph (their parameters are
 inputs, not constants), so the cost is one block's compile, ~20 s on 2 cores the first time and ~5 s
 once inductor's on-disk cache holds it, against ~5 minutes for the whole model. ``dynamic=True``
 because length-bucketed batches change the sequence length every step. Validation runs eagerly
 (evaluation mode and no autograd would be a second compile), and the blocks are plain modules again
-after training, so saving and prediction never see compiled code.
+after training, so saving and prediction never see compiled code. The last block stays eager when its
+MLP runs at the pooled token only (see ``compile_blocks``).
 """
 
 from __future__ import annotations
