@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
-from transformers import GPT2Config, LlamaConfig
+from transformers import GPT2Config, LlamaConfig, MixtralConfig
 
 from lastpool.models.backbones import backbone_from_config, block_list
 from lastpool.models.classifier_model import SequenceClassifier
@@ -23,6 +24,10 @@ def _backbone(family: str) -> nn.Module:
     if family == "llama":
         return backbone_from_config(LlamaConfig(vocab_size=100, hidden_size=WIDTH, intermediate_size=64,
                                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    if family == "mixtral":  # a mixture-of-experts MLP: routed per token, so position-wise too
+        return backbone_from_config(MixtralConfig(vocab_size=100, hidden_size=WIDTH, intermediate_size=64,
+                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                  num_local_experts=4, num_experts_per_tok=2))
     if family == "gpt2":
         return backbone_from_config(GPT2Config(vocab_size=100, n_embd=WIDTH, n_layer=2, n_head=4, n_positions=32,
                                                bos_token_id=1, eos_token_id=2))
@@ -38,15 +43,19 @@ def _batch(side: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _mlp_input_lengths(model: nn.Module) -> list[int]:
-    """Sequence lengths the last block's MLP is called with (recorded on its first parameterised child)."""
+    """Sequence lengths the last block's MLP computes on (a pre-hook registered after lastpool's, so it
+    sees the input lastpool's hook left)."""
     lengths: list[int] = []
-    first = next(m for m in block_list(model)[-1].mlp.modules() if isinstance(m, nn.Linear | nn.Conv1d)
-                 or type(m).__name__ == "Conv1D")
-    first.register_forward_hook(lambda _m, args, _out: lengths.append(args[0].shape[1]))
+
+    def record(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else next(iter(kwargs.values()))
+        lengths.append(hidden.shape[1])
+
+    block_list(model)[-1].mlp.register_forward_pre_hook(record, with_kwargs=True)
     return lengths
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "scratch"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "gpt2", "scratch"])
 @pytest.mark.parametrize("pooling", ["last", "first"])
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_same_logits_and_gradients_as_the_full_mlp(family: str, pooling: str, side: str) -> None:
