@@ -137,12 +137,13 @@ class SequenceClassifier(nn.Module):
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One vector per row: the backbone's hidden states reduced by the pooler."""
         position_ids = position_ids_from_mask(attention_mask)
+        index = pooled_index(attention_mask, self.pooler.method)  # once, for the MLP hooks and the pooler
         selecting: AbstractContextManager[None] = nullcontext()
         if self.pooled_mlp is not None:
-            selecting = self.pooled_mlp.selecting(pooled_index(attention_mask, self.pooler.method), input_ids.shape[1])
+            selecting = self.pooled_mlp.selecting(index, input_ids.shape[1])
         with selecting:
             hidden = self.backbone(input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        return self.pooler(hidden, attention_mask)
+        return self.pooler(hidden, attention_mask, index)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_dropout(self.pooled(input_ids, attention_mask)))

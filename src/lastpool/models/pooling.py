@@ -45,9 +45,12 @@ def pooled_index(attention_mask: torch.Tensor, method: str) -> torch.Tensor | No
     return None
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str = "last") -> torch.Tensor:
-    """Reduce ``hidden`` [B, T, D] to [B, D] with ``method``, looking only at real tokens."""
-    index = pooled_index(attention_mask, method)
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str = "last",
+         index: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce ``hidden`` [B, T, D] to [B, D] with ``method``, looking only at real tokens (``index``:
+    ``pooled_index``'s answer when the caller already has it)."""
+    if index is None:
+        index = pooled_index(attention_mask, method)
     if index is not None:
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
     mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
@@ -68,8 +71,9 @@ class Pooler(torch.nn.Module):
             raise ValueError(f"unknown pooling {method!r}; choose one of {', '.join(POOLING_NAMES)}")
         self.method = method
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return pool(hidden, attention_mask, self.method)
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        return pool(hidden, attention_mask, self.method, index)
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}"
