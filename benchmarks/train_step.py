@@ -21,6 +21,7 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from lastpool.training.compilation import compile_blocks
 from lastpool.training.precision import MasterWeights, attention_for_training
 from lastpool.training.trainer import clip_in_fused_step, make_optimizer
 
+Forward = Callable[[SequenceClassifier, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, ids, mask) -> logits
 MARK_BEGIN, MARK_END = "<!-- train_step:begin -->", "<!-- train_step:end -->"
 VARIANTS = {  # name: (bf16 weights + masters, eager attention, compiled blocks, last MLP pooled only, clip in AdamW)
     "autocast bf16, SDPA (reference: how Trainer bf16=True runs)": (False, False, False, False, False),
@@ -66,13 +68,18 @@ class Variant:
         self.optimizer = make_optimizer(self.master.masters if self.master else self.model, 5e-5, 0.0)
         self.eager = eager
         self.folded_clip = folded_clip
+        self.losses: list[float | torch.Tensor] = []  # kept as a training loop keeps them for its log
 
-    def step(self, batch: dict[str, torch.Tensor]) -> float:
+    def step(self, batch: dict[str, torch.Tensor], forward: Forward | None = None, sync: bool = False) -> float:
+        """Seconds for one training step on ``batch``; ``forward`` replaces the model's own forward
+        (``benchmarks/levers.py`` times other head placements with it), ``sync`` reads the loss back
+        to Python every step, as a loop that logs each step's loss does."""
         start = time.perf_counter()
         context: Any = attention_for_training(self.model, torch.device("cpu")) if self.eager else nullcontext()
         with context, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.master is None):
-            logits = self.model(batch["input_ids"], batch["attention_mask"])
-        F.cross_entropy(logits.float(), batch["labels"]).backward()
+            logits = (forward or SequenceClassifier.forward)(self.model, batch["input_ids"], batch["attention_mask"])
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        loss.backward()
         if self.master is not None:
             self.master.collect_grads()
             params = self.master.masters
@@ -86,6 +93,10 @@ class Variant:
         self.optimizer.zero_grad(set_to_none=True)
         if self.master is not None:
             self.master.push()
+        if sync:
+            self.losses.append(loss.item())
+        else:
+            self.losses.append(loss.detach())
         return time.perf_counter() - start
 
 

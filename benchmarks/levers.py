@@ -1,0 +1,210 @@
+"""The speed levers that ``train_step.py`` does not time, each measured on its own, in one process:
+
+- where the head runs: pool first, then the 3-way head (lastpool) vs transformers' ``score`` layer on
+  every position (which also needs the last block at every position) vs, on top of that, a causal LM's
+  vocabulary head left on (what loading the model for causal LM and reading one position costs);
+- which AdamW: fused vs foreach vs one tensor at a time, over the 135 M float32 master weights;
+- a host sync per step (``loss.item()`` for a log line) vs the losses kept as tensors;
+- torch threads: 1 vs 2 (this machine has 2 cores);
+- tokenizing the training texts once (lastpool) vs once per epoch, as a share of an epoch.
+
+SmolLM2-135M-Instruct (the dequantized GGUF) as a lastpool full fine-tune (bf16 weights, float32
+masters, eager attention, clipping folded into fused AdamW) on the first ``--batches`` length-bucketed
+batches of Financial PhraseBank (allagree) at batch 16, max length 64. The step rows run ``--rounds``
+rounds after a warm-up round, one row after the other within a round, so a slow phase of a shared
+machine hits all of them; reported: the median over rounds of seconds per step and each row's speed
+relative to the first row of its group.
+
+    python benchmarks/levers.py [--batches 8] [--rounds 3] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
+from pretrained import DEFAULT_DATA, DEFAULT_MODEL
+from train_step import Forward, Variant
+
+from lastpool.data.batching import EncodedDataset, LengthBucketSampler, PaddingCollator
+from lastpool.data.split import stratified_split
+from lastpool.data.tables import read_table
+from lastpool.models.backbones import load_backbone
+from lastpool.models.classifier_model import SequenceClassifier
+from lastpool.models.gpt import position_ids_from_mask
+from lastpool.models.pooling import pooled_index
+from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer
+
+MARK_BEGIN, MARK_END = "<!-- levers:begin -->", "<!-- levers:end -->"
+
+
+def head_on_every_position(model: SequenceClassifier, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """transformers' ``score`` layer: class logits at every position, then the last real token's row."""
+    hidden = model.backbone(ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    logits = model.head(model.head_dropout(hidden))
+    return logits[torch.arange(ids.shape[0]), pooled_index(mask, "last")]
+
+
+def with_vocabulary_head(model: SequenceClassifier, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """As ``head_on_every_position``, plus the model's (tied) vocabulary head on every position, whose
+    logits nothing reads: the forward of a causal-LM class used as a classifier."""
+    hidden = model.backbone(ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    vocabulary = model.backbone.model.get_input_embeddings().weight
+    F.linear(hidden, vocabulary)  # computed and dropped, as a causal LM's forward computes it
+    logits = model.head(model.head_dropout(hidden))
+    return logits[torch.arange(ids.shape[0]), pooled_index(mask, "last")]
+
+
+class StepRow:
+    """One timed row: a variant's training step with a given forward, host sync and thread count."""
+
+    def __init__(self, variant: Variant, forward: Forward | None = None, sync: bool = False,
+                 threads: int | None = None) -> None:
+        self.variant, self.forward, self.sync, self.threads = variant, forward, sync, threads
+
+    def run(self, batches: list[dict[str, torch.Tensor]]) -> float:
+        before = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return sum(self.variant.step(batch, self.forward, self.sync) for batch in batches)
+        finally:
+            torch.set_num_threads(before)
+
+
+def time_steps(groups: dict[str, dict[str, StepRow]], batches: list[dict[str, torch.Tensor]],
+               rounds: int) -> dict[str, dict[str, float]]:
+    """Median seconds per step of every row, rounds interleaved across all rows (round 0 is a warm-up)."""
+    times: dict[str, dict[str, list[float]]] = {g: {name: [] for name in rows} for g, rows in groups.items()}
+    for round_ in range(rounds + 1):
+        for group, rows in groups.items():
+            for name, row in rows.items():
+                seconds = row.run(batches) / len(batches)
+                print(f"round {round_} [{group}] {name}: {seconds:.3f} s/step", flush=True)
+                if round_ > 0:
+                    times[group][name].append(seconds)
+    return {g: {name: statistics.median(t) for name, t in rows.items()} for g, rows in times.items()}
+
+
+def time_optimizers(base: SequenceClassifier, repeats: int) -> dict[str, float]:
+    """Seconds per ``AdamW.step`` over float32 copies of every weight of the model (what lastpool's
+    optimizer updates in a full fine-tune), for each implementation, steps interleaved across them. The
+    gradients are random: AdamW's work does not depend on their values."""
+    shapes = [p.shape for p in base.parameters()]
+    grads = [torch.randn(shape) * 1e-3 for shape in shapes]
+    kinds: dict[str, dict[str, bool]] = {
+        "fused (lastpool)": {"fused": True}, "foreach": {"foreach": True}, "one tensor at a time": {"foreach": False},
+    }
+    optimizers = []
+    for kwargs in kinds.values():
+        params = [p.detach().float().clone().requires_grad_(True) for p in base.parameters()]
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad  # shared: no optimizer writes its gradients
+        optimizer = torch.optim.AdamW(params, lr=5e-5, weight_decay=0.0, **kwargs)
+        optimizer.step()  # creates the moment buffers, outside the timing
+        optimizers.append(optimizer)
+    times: dict[str, list[float]] = {name: [] for name in kinds}
+    for _ in range(repeats):
+        for name, optimizer in zip(kinds, optimizers, strict=True):
+            start = time.perf_counter()
+            optimizer.step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_tokenization(encoder: TextEncoder, texts: list[str], repeats: int = 3) -> float:
+    """Best-of-``repeats`` seconds to tokenize ``texts`` as lastpool does before training."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoder.encode(texts)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def table(rows: dict[str, float], unit: Callable[[float], str]) -> list[str]:
+    reference = next(iter(rows.values()))
+    return [f"| {name} | {unit(seconds)} | {reference / seconds:.2f}x |" for name, seconds in rows.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    command = command_line("levers.py")
+    table_ = read_table(str(args.data))
+    assert table_.labels is not None
+    names = sorted(set(table_.labels))
+    labels = [names.index(label) for label in table_.labels]
+    train_rows, _ = stratified_split(table_.labels, 0.1, seed=0)
+    train_texts = [table_.texts[i] for i in train_rows]
+    encoder = TextEncoder(load_pretrained_tokenizer(str(args.model)), 64)
+    dataset = EncodedDataset(encoder.encode(train_texts), [labels[i] for i in train_rows])
+    sampler = LengthBucketSampler(dataset.lengths, 16, seed=0)
+    steps_per_epoch = len(sampler.batches())
+    collate = PaddingCollator(encoder.pad_token_id)
+    batches = [collate([dataset[i] for i in indices]) for indices in sampler.batches()[: args.batches]]
+    real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    backbone, _ = load_backbone(str(args.model))
+    base = SequenceClassifier(backbone, backbone.hidden_size, len(names))
+    threads = torch.get_num_threads()
+
+    lastpool = Variant(base, True, True, False, True, True)
+    full_mlp = Variant(base, True, True, False, False, True)  # transformers' layout needs every position
+    groups = {
+        "head": {
+            "pool, then the 3-way head; last block's MLP at the pooled token (lastpool)": StepRow(lastpool),
+            "pool, then the head; last block's MLP at every position": StepRow(full_mlp),
+            "the head on every position, then the last token's row (transformers' score layer)":
+                StepRow(full_mlp, head_on_every_position),
+            "the same + the 49152-word vocabulary head on every position, unused (a causal-LM forward)":
+                StepRow(full_mlp, with_vocabulary_head),
+        },
+        "sync": {
+            "losses kept as tensors (lastpool)": StepRow(lastpool),
+            "loss.item() every step": StepRow(lastpool, sync=True),
+        },
+        "threads": {
+            f"{threads} torch threads (lastpool: torch's default, one per core)": StepRow(lastpool),
+            "1 torch thread": StepRow(lastpool, threads=1),
+        },
+    }
+    steps = time_steps(groups, batches, args.rounds)
+    del lastpool, full_mlp
+    optimizers = time_optimizers(base, repeats=2 * args.rounds + 1)
+    tokenize = time_tokenization(encoder, train_texts)
+    epoch = steps["head"][next(iter(groups["head"]))] * steps_per_epoch
+
+    per_step = lambda seconds: f"{seconds:.3f}"  # noqa: E731
+    block = "\n".join([
+        MARK_BEGIN, "## Levers measured one by one (`benchmarks/levers.py`)", "",
+        f"Command: `{command}`. Machine: {machine_info()}.", "",
+        f"SmolLM2-135M-Instruct full fine-tune as lastpool runs it (bf16 weights, float32 masters, eager "
+        f"attention, clipping folded into fused AdamW); the same {len(batches)} length-bucketed Financial "
+        f"PhraseBank batches of 16 ({real_tokens / len(batches):.0f} real tokens per batch on average) in every "
+        f"row; median of {args.rounds} rounds after a warm-up round, rows interleaved within each round. "
+        "Speed is relative to the first row of each table.", "",
+        "| where the head runs | s / step | speed vs lastpool |", "|---|---|---|", *table(steps["head"], per_step), "",
+        "| host sync | s / step | speed vs lastpool |", "|---|---|---|", *table(steps["sync"], per_step), "",
+        "| threads | s / step | speed vs lastpool |", "|---|---|---|", *table(steps["threads"], per_step), "",
+        f"| AdamW over {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M float32 masters | s / optimizer "
+        "step | speed vs fused |", "|---|---|---|", *table(optimizers, per_step), "",
+        f"Tokenizing the {len(train_texts)} training texts: {tokenize:.2f} s, once per run in lastpool; "
+        f"re-tokenizing every epoch would add {100 * tokenize / epoch:.2f}% to an epoch of "
+        f"{steps_per_epoch} steps at the first row's speed ({epoch:.0f} s).",
+        MARK_END])
+    publish(block, MARK_BEGIN, MARK_END, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
