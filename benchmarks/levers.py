@@ -5,15 +5,16 @@
   vocabulary head left on (what loading the model for causal LM and reading one position costs);
 - which AdamW: fused vs foreach vs one tensor at a time, over the 135 M float32 master weights;
 - a host sync per step (``loss.item()`` for a log line) vs the losses kept as tensors;
+- LoRA's adapter dropout: none vs 0.05 (random masks on the inputs of 210 adapted projections);
 - torch threads: 1 vs 2 (this machine has 2 cores);
 - tokenizing the training texts once (lastpool) vs once per epoch, as a share of an epoch.
 
 SmolLM2-135M-Instruct (the dequantized GGUF) as a lastpool full fine-tune (bf16 weights, float32
 masters, eager attention, clipping folded into fused AdamW) on the first ``--batches`` length-bucketed
 batches of Financial PhraseBank (allagree) at batch 16, max length 64. The step rows run ``--rounds``
-rounds after a warm-up round, one row after the other within a round, so a slow phase of a shared
-machine hits all of them; reported: the median over rounds of seconds per step and each row's speed
-relative to the first row of its group.
+rounds after a warm-up round, every row once per round, each round starting one row later (a slow phase
+of a shared machine hits all rows, and no row always follows the same one); reported: the median over
+rounds of seconds per step and each row's speed relative to the first row of its group.
 
     python benchmarks/levers.py [--batches 8] [--rounds 3] [--no-write]
 """
@@ -21,9 +22,9 @@ relative to the first row of its group.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from lastpool.data.tables import read_table
 from lastpool.models.backbones import load_backbone
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import position_ids_from_mask
+from lastpool.models.lora import apply_lora
 from lastpool.models.pooling import pooled_index
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer
 
@@ -70,26 +72,37 @@ class StepRow:
 
     def run(self, batches: list[dict[str, torch.Tensor]]) -> float:
         before = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
+        if self.threads is None:
+            return sum(self.variant.step(batch, self.forward, self.sync) for batch in batches)
+        torch.set_num_threads(self.threads)
         try:
             return sum(self.variant.step(batch, self.forward, self.sync) for batch in batches)
         finally:
             torch.set_num_threads(before)
+            self.variant.step(batches[0])  # untimed: the next row should not pay for the thread pool's regrowth
 
 
 def time_steps(groups: dict[str, dict[str, StepRow]], batches: list[dict[str, torch.Tensor]],
                rounds: int) -> dict[str, dict[str, float]]:
-    """Median seconds per step of every row, rounds interleaved across all rows (round 0 is a warm-up)."""
-    times: dict[str, dict[str, list[float]]] = {g: {name: [] for name in rows} for g, rows in groups.items()}
+    """Median seconds per step of every row. Round 0 is a warm-up; each round runs every row once, starting
+    one row later than the round before, so no row always follows the same one."""
+    rows = [(group, name, row) for group, members in groups.items() for name, row in members.items()]
+    times: dict[str, dict[str, list[float]]] = {g: {name: [] for name in members} for g, members in groups.items()}
     for round_ in range(rounds + 1):
-        for group, rows in groups.items():
-            for name, row in rows.items():
-                seconds = row.run(batches) / len(batches)
-                print(f"round {round_} [{group}] {name}: {seconds:.3f} s/step", flush=True)
-                if round_ > 0:
-                    times[group][name].append(seconds)
-    return {g: {name: statistics.median(t) for name, t in rows.items()} for g, rows in times.items()}
+        for k in range(len(rows)):
+            group, name, row = rows[(round_ + k) % len(rows)]
+            seconds = row.run(batches) / len(batches)
+            print(f"round {round_} [{group}] {name}: {seconds:.3f} s/step", flush=True)
+            if round_ > 0:
+                times[group][name].append(seconds)
+    return {g: {name: statistics.median(t) for name, t in members.items()} for g, members in times.items()}
+
+
+def lora_variant(base: SequenceClassifier, dropout: float) -> Variant:
+    """lastpool's LoRA fine-tune (r 16, alpha 32, the default targets) with the given adapter dropout."""
+    model = copy.deepcopy(base)
+    apply_lora(model, model.backbone.config.model_type, r=16, alpha=32, dropout=dropout)
+    return Variant(model, True, True, False, True, True)
 
 
 def time_optimizers(base: SequenceClassifier, repeats: int) -> dict[str, float]:
@@ -128,9 +141,11 @@ def time_tokenization(encoder: TextEncoder, texts: list[str], repeats: int = 3) 
     return best
 
 
-def table(rows: dict[str, float], unit: Callable[[float], str]) -> list[str]:
-    reference = next(iter(rows.values()))
-    return [f"| {name} | {unit(seconds)} | {reference / seconds:.2f}x |" for name, seconds in rows.items()]
+def section(title: str, rows: dict[str, float], reference: str, unit: str = "s / step") -> list[str]:
+    """A markdown table of seconds per row and each row's speed relative to the first, then a blank line."""
+    first = next(iter(rows.values()))
+    return [f"| {title} | {unit} | speed vs {reference} |", "|---|---|---|",
+            *[f"| {name} | {seconds:.3f} | {first / seconds:.2f}x |" for name, seconds in rows.items()], ""]
 
 
 def main() -> None:
@@ -174,31 +189,35 @@ def main() -> None:
             "losses kept as tensors (lastpool)": StepRow(lastpool),
             "loss.item() every step": StepRow(lastpool, sync=True),
         },
+        "lora": {
+            "LoRA r 16, no adapter dropout (lastpool's default, as peft's)": StepRow(lora_variant(base, 0.0)),
+            "LoRA r 16, adapter dropout 0.05": StepRow(lora_variant(base, 0.05)),
+        },
         "threads": {
             f"{threads} torch threads (lastpool: torch's default, one per core)": StepRow(lastpool),
             "1 torch thread": StepRow(lastpool, threads=1),
         },
     }
     steps = time_steps(groups, batches, args.rounds)
-    del lastpool, full_mlp
+    del lastpool, full_mlp, groups
     optimizers = time_optimizers(base, repeats=2 * args.rounds + 1)
     tokenize = time_tokenization(encoder, train_texts)
-    epoch = steps["head"][next(iter(groups["head"]))] * steps_per_epoch
+    epoch = next(iter(steps["head"].values())) * steps_per_epoch
 
-    per_step = lambda seconds: f"{seconds:.3f}"  # noqa: E731
     block = "\n".join([
         MARK_BEGIN, "## Levers measured one by one (`benchmarks/levers.py`)", "",
         f"Command: `{command}`. Machine: {machine_info()}.", "",
         f"SmolLM2-135M-Instruct full fine-tune as lastpool runs it (bf16 weights, float32 masters, eager "
         f"attention, clipping folded into fused AdamW); the same {len(batches)} length-bucketed Financial "
         f"PhraseBank batches of 16 ({real_tokens / len(batches):.0f} real tokens per batch on average) in every "
-        f"row; median of {args.rounds} rounds after a warm-up round, rows interleaved within each round. "
+        f"row; median of {args.rounds} rounds after a warm-up round; each round runs every row once, starting one "
+        "row later than the round before. "
         "Speed is relative to the first row of each table.", "",
-        "| where the head runs | s / step | speed vs lastpool |", "|---|---|---|", *table(steps["head"], per_step), "",
-        "| host sync | s / step | speed vs lastpool |", "|---|---|---|", *table(steps["sync"], per_step), "",
-        "| threads | s / step | speed vs lastpool |", "|---|---|---|", *table(steps["threads"], per_step), "",
-        f"| AdamW over {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M float32 masters | s / optimizer "
-        "step | speed vs fused |", "|---|---|---|", *table(optimizers, per_step), "",
+        *section("where the head runs", steps["head"], "lastpool"), *section("host sync", steps["sync"], "lastpool"),
+        *section("LoRA adapters' dropout", steps["lora"], "lastpool"),
+        *section("threads", steps["threads"], "lastpool"),
+        *section(f"AdamW over {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M float32 masters", optimizers,
+                 "fused", unit="s / optimizer step"),
         f"Tokenizing the {len(train_texts)} training texts: {tokenize:.2f} s, once per run in lastpool; "
         f"re-tokenizing every epoch would add {100 * tokenize / epoch:.2f}% to an epoch of "
         f"{steps_per_epoch} steps at the first row's speed ({epoch:.0f} s).",

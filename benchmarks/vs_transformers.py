@@ -1,14 +1,14 @@
 """lastpool against transformers on the same model, data, split and hyperparameters: training and inference.
 
 Training (each a separate process under ``/usr/bin/time -v``, run in the interleaved order A', B full,
-A, B LoRA so that slow and fast phases of a shared machine hit both sides):
+B full compiled, A, B lora, B lora compiled so that slow and fast phases of a shared machine hit both sides):
 
 - A:  ``AutoModelForSequenceClassification`` + ``Trainer`` + ``DataCollatorWithPadding``, defaults (fp32).
 - A': the same with ``bf16=True`` and ``train_sampling_strategy="group_by_length"``.
 - B:  ``lastpool train --mode full`` and ``--mode lora`` (``--precision auto``: bf16 weights, float32 masters);
-  "B full compiled" adds ``--compile`` (its compile time counts as training time).
+  "B full compiled" and "B lora compiled" add ``--compile`` (its compile time counts as training time).
 
-All four: SmolLM2-135M-Instruct (the dequantized GGUF), Financial PhraseBank allagree, lastpool's 10%
+All runs: SmolLM2-135M-Instruct (the dequantized GGUF), Financial PhraseBank allagree, lastpool's 10%
 stratified split for the seed, max length 64, batch 16, the same epochs; learning rate 5e-5 for the full
 fine-tunes (LoRA: 1e-3, LoRA needs a larger one), no warmup, no weight decay, no label smoothing (the
 Trainer defaults). Reported per run: train samples/s and real (unpadded) tokens/s over the training time
@@ -44,8 +44,9 @@ from pretrained import DEFAULT_DATA, DEFAULT_MODEL, lastpool_exe, timed
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- vs_transformers:begin -->", "<!-- vs_transformers:end -->"
 SHARED = {"max_length": 64, "batch_size": 16, "lr_full": "5e-5", "lr_lora": "1e-3"}
-KINDS = ("A'", "A", "B full", "B full compiled", "B lora")  # the training runs --runs can name
+KINDS = ("A'", "A", "B full", "B full compiled", "B lora", "B lora compiled")  # the training runs --runs can name
 FULL_B = ("B full", "B full compiled")  # lastpool full fine-tunes: measured against A' and the matmul peak
+LORA_B = ("B lora", "B lora compiled")  # LoRA: fewer trained weights, so a speed against A' is not like for like
 TARGETS = {"train_speedup": 2.0, "accuracy_gap": 0.01, "inference_speedup": 2.0, "peak_share": 0.40}
 
 PIPELINE_SNIPPET = r"""
@@ -137,7 +138,7 @@ def train_run(kind: str, args: argparse.Namespace, env: dict[str, str], work: Pa
         if kind == "A'":
             cmd += ["--best", "--save", str(work / "hf-model")]
     else:
-        mode = "lora" if kind == "B lora" else "full"
+        mode = "lora" if kind in LORA_B else "full"
         cmd = [*lastpool_exe(), "train", "--model", str(args.model), "--data", str(args.data), "--mode", mode,
                "--seed", str(args.seed), "--epochs", str(args.epochs), "--batch-size", str(SHARED["batch_size"]),
                "--lr", SHARED["lr_full" if mode == "full" else "lr_lora"], "--max-length", str(SHARED["max_length"]),
@@ -251,7 +252,7 @@ def render(args: argparse.Namespace, command: str, facts: dict, peaks: list[floa
         if not r["ok"]:
             rows.append([r["kind"], "failed", "", "", "", "", "", ""])
             continue
-        full = r["kind"] != "B lora"
+        full = r["kind"] not in LORA_B
         rows.append([r["kind"], f"{r['samples_per_s']:.2f}", f"{r['tokens_per_s']:.0f}", f"{r['s_per_epoch']:.0f}",
                      f"{r['accuracy']:.4f}", f"{r['rss_mib'] or 0:.0f}",
                      f"{r['gflops']:.0f}" if full else "(LoRA: n/a)",
@@ -281,6 +282,12 @@ def render(args: argparse.Namespace, command: str, facts: dict, peaks: list[floa
             lines.append(f"- Training, {kind} / A' samples/s: **{speed:.2f}x**, accuracy B {by[kind]['accuracy']:.4f} "
                          f"vs A' {best_hf['accuracy']:.4f} (target >= 2.0x within 1 point: "
                          f"{'met' if ok else 'NOT met'}).")
+    for kind in LORA_B:
+        if best_hf and kind in by:
+            speed = by[kind]["samples_per_s"] / best_hf["samples_per_s"]
+            lines.append(f"- {kind} / A' samples/s: {speed:.2f}x, accuracy {by[kind]['accuracy']:.4f} vs A' "
+                         f"{best_hf['accuracy']:.4f} (LoRA trains adapters, not every weight: a different method "
+                         "from A''s full fine-tune, so not what the target is judged on).")
     if best_hf and "A" in by:
         lines.append(f"- A' / A samples/s: {best_hf['samples_per_s'] / by['A']['samples_per_s']:.2f}x.")
     for kind in FULL_B:
@@ -314,7 +321,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="stop every training run early (smoke test)")
-    parser.add_argument("--runs", default="A',B full,B full compiled,A,B lora",
+    parser.add_argument("--runs", default="A',B full,B full compiled,A,B lora,B lora compiled",
                         help=f"which training runs, in this order (of {', '.join(KINDS)})")
     parser.add_argument("--rounds", type=int, default=2, help="inference rounds per side")
     parser.add_argument("--texts", type=int, default=2000, help="texts to classify in the inference comparison")

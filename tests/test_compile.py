@@ -20,12 +20,14 @@ def _compiled(model: nn.Module) -> list[bool]:
     return [block._compiled_call_impl is not None for block in block_list(model)]
 
 
-@pytest.mark.parametrize("family", ["llama", "scratch"])
+@pytest.mark.parametrize("family", ["llama", "llama-lora", "scratch"])
 def test_compiled_training_matches_eager_and_leaves_plain_modules(llama_folder: Path, tmp_path: Path,  # noqa: F811
                                                                   family: str) -> None:
     texts, labels = demo_sample()
     # The scratch decoder without dropout: compiled code draws its random numbers differently.
-    model = {"model": str(llama_folder)} if family == "llama" else {**TINY_KW, "dropout": 0.0}
+    model = ({"model": str(llama_folder)} if family == "llama"
+             else {"model": str(llama_folder), "mode": "lora", "lr": 1e-3} if family == "llama-lora"
+             else {**TINY_KW, "dropout": 0.0})
     settings = {**TINY, **model, "seed": 0}
     plain = Classifier(**settings).fit(texts, labels)
     compiled = Classifier(**settings, compile=True).fit(texts, labels)

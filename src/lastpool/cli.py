@@ -75,7 +75,7 @@ def train(
     mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features) or top-N (train the last N blocks) [full]", rich_help_panel=OPT)] = None,  # noqa: E501
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank [8]", rich_help_panel=OPT)] = None,
     lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha [16]", rich_help_panel=OPT)] = None,
-    lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout [0.05]", rich_help_panel=OPT)] = None,
+    lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout [0]", rich_help_panel=OPT)] = None,
     merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="LoRA: save merged weights, not the adapter [off]", rich_help_panel=OPT)] = None,  # noqa: E501
     precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16 (autocast) [auto: bf16 for pretrained models where fast]", rich_help_panel=OPT)] = None,  # noqa: E501
     d_model: Annotated[int | None, typer.Option(help="hidden size [128]", rich_help_panel=MODEL)] = None,
