@@ -5,7 +5,8 @@
   vocabulary head left on (what loading the model for causal LM and reading one position costs);
 - which AdamW: fused vs foreach vs one tensor at a time, over the 135 M float32 master weights;
 - a host sync per step (``loss.item()`` for a log line) vs the losses kept as tensors;
-- LoRA's adapter dropout: none vs 0.05 (random masks on the inputs of 210 adapted projections);
+- LoRA's adapter dropout: none vs 0.05 (random masks on the inputs of 210 adapted projections), and
+  LoRA with compiled decoder blocks (``--compile``; the warm-up round holds the compile);
 - torch threads: 1 vs 2 (this machine has 2 cores);
 - tokenizing the training texts once (lastpool) vs once per epoch, as a share of an epoch.
 
@@ -98,11 +99,12 @@ def time_steps(groups: dict[str, dict[str, StepRow]], batches: list[dict[str, to
     return {g: {name: statistics.median(t) for name, t in members.items()} for g, members in times.items()}
 
 
-def lora_variant(base: SequenceClassifier, dropout: float) -> Variant:
-    """lastpool's LoRA fine-tune (r 16, alpha 32, the default targets) with the given adapter dropout."""
+def lora_variant(base: SequenceClassifier, dropout: float, compiled: bool = False) -> Variant:
+    """lastpool's LoRA fine-tune (r 16, alpha 32, the default targets) with the given adapter dropout,
+    its decoder blocks compiled or not."""
     model = copy.deepcopy(base)
     apply_lora(model, model.backbone.config.model_type, r=16, alpha=32, dropout=dropout)
-    return Variant(model, True, True, False, True, True)
+    return Variant(model, True, True, compiled, True, True)
 
 
 def time_optimizers(base: SequenceClassifier, repeats: int) -> dict[str, float]:
@@ -192,6 +194,8 @@ def main() -> None:
         "lora": {
             "LoRA r 16, no adapter dropout (lastpool's default, as peft's)": StepRow(lora_variant(base, 0.0)),
             "LoRA r 16, adapter dropout 0.05": StepRow(lora_variant(base, 0.05)),
+            "LoRA r 16, no adapter dropout, compiled decoder blocks (--compile)":
+                StepRow(lora_variant(base, 0.0, compiled=True)),
         },
         "threads": {
             f"{threads} torch threads (lastpool: torch's default, one per core)": StepRow(lastpool),
@@ -214,7 +218,7 @@ def main() -> None:
         "row later than the round before. "
         "Speed is relative to the first row of each table.", "",
         *section("where the head runs", steps["head"], "lastpool"), *section("host sync", steps["sync"], "lastpool"),
-        *section("LoRA adapters' dropout", steps["lora"], "lastpool"),
+        *section("LoRA fine-tune (r 16)", steps["lora"], "lastpool"),
         *section("threads", steps["threads"], "lastpool"),
         *section(f"AdamW over {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M float32 masters", optimizers,
                  "fused", unit="s / optimizer step"),
