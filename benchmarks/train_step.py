@@ -77,7 +77,8 @@ class Variant:
         start = time.perf_counter()
         context: Any = attention_for_training(self.model, torch.device("cpu")) if self.eager else nullcontext()
         with context, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.master is None):
-            logits = (forward or SequenceClassifier.forward)(self.model, batch["input_ids"], batch["attention_mask"])
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            logits = forward(self.model, ids, mask) if forward is not None else self.model(ids, mask)
         loss = F.cross_entropy(logits.float(), batch["labels"])
         loss.backward()
         if self.master is not None:
