@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
 from pretrained import DEFAULT_DATA, DEFAULT_MODEL
-from train_step import Forward, Variant
+from train_step import Forward, Variant, bucketed_batches
 
-from lastpool.data.batching import EncodedDataset, LengthBucketSampler, PaddingCollator
 from lastpool.data.split import stratified_split
 from lastpool.data.tables import read_table
 from lastpool.models.backbones import load_backbone
@@ -166,11 +165,8 @@ def main() -> None:
     train_rows, _ = stratified_split(table_.labels, 0.1, seed=0)
     train_texts = [table_.texts[i] for i in train_rows]
     encoder = TextEncoder(load_pretrained_tokenizer(str(args.model)), 64)
-    dataset = EncodedDataset(encoder.encode(train_texts), [labels[i] for i in train_rows])
-    sampler = LengthBucketSampler(dataset.lengths, 16, seed=0)
-    steps_per_epoch = len(sampler.batches())
-    collate = PaddingCollator(encoder.pad_token_id)
-    batches = [collate([dataset[i] for i in indices]) for indices in sampler.batches()[: args.batches]]
+    epoch_batches = bucketed_batches(encoder, train_texts, [labels[i] for i in train_rows])
+    steps_per_epoch, batches = len(epoch_batches), epoch_batches[: args.batches]
     real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     backbone, _ = load_backbone(str(args.model))
     base = SequenceClassifier(backbone, backbone.hidden_size, len(names))

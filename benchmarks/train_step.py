@@ -101,6 +101,14 @@ class Variant:
         return time.perf_counter() - start
 
 
+def bucketed_batches(encoder: TextEncoder, texts: list[str], labels: list[int]) -> list[dict[str, torch.Tensor]]:
+    """The length-bucketed batches of 16 that lastpool's sampler (seed 0) makes of ``texts``, in its order."""
+    dataset = EncodedDataset(encoder.encode(texts), labels)
+    collate = PaddingCollator(encoder.pad_token_id)
+    sampler = LengthBucketSampler(dataset.lengths, 16, seed=0)
+    return [collate([dataset[i] for i in indices]) for indices in sampler.batches()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -114,10 +122,7 @@ def main() -> None:
     assert table.labels is not None
     names = sorted(set(table.labels))
     encoder = TextEncoder(load_pretrained_tokenizer(str(args.model)), 64)
-    dataset = EncodedDataset(encoder.encode(table.texts), [names.index(label) for label in table.labels])
-    sampler = LengthBucketSampler(dataset.lengths, 16, seed=0)
-    collate = PaddingCollator(encoder.pad_token_id)
-    batches = [collate([dataset[i] for i in indices]) for indices in sampler.batches()[: args.batches]]
+    batches = bucketed_batches(encoder, table.texts, [names.index(label) for label in table.labels])[: args.batches]
     real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     backbone, _ = load_backbone(str(args.model))
     base = SequenceClassifier(backbone, backbone.hidden_size, len(names))
