@@ -22,17 +22,14 @@ rounds of seconds per step and each row's speed relative to the first row of its
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
-from pretrained import DEFAULT_DATA, DEFAULT_MODEL
-from train_step import Forward, Variant, bucketed_batches
+from train_step import Forward, Variant, bucketed_batches, step_benchmark_args
 
 from lastpool.data.split import stratified_split
 from lastpool.data.tables import read_table
@@ -150,13 +147,7 @@ def section(title: str, rows: dict[str, float], reference: str, unit: str = "s /
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
+    args = step_benchmark_args(__doc__, batches=8, rounds=3)
     command = command_line("levers.py")
     table_ = read_table(str(args.data))
     assert table_.labels is not None

@@ -109,14 +109,19 @@ def bucketed_batches(encoder: TextEncoder, texts: list[str], labels: list[int]) 
     return [collate([dataset[i] for i in indices]) for indices in sampler.batches()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_benchmark_args(doc: str | None, batches: int, rounds: int) -> argparse.Namespace:
+    """The options of the per-step benchmarks (this script and ``levers.py``), parsed from the command line."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--batches", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=batches)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = step_benchmark_args(__doc__, batches=12, rounds=4)
     command = command_line("train_step.py")
     table = read_table(str(args.data))
     assert table.labels is not None
