@@ -232,6 +232,10 @@ def _require_browser() -> None:
 
 
 def test_missing_browser_skips_or_fails(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A missing chromedriver skips the browser test, or fails it under LASTPOOL_REQUIRE_BROWSER=1, and
+    the message names what is missing (whatever this machine has installed)."""
+    pytest.importorskip("selenium")
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path(sys.executable))  # some executable that exists
     monkeypatch.setattr(sys.modules[__name__], "CHROMEDRIVER", tmp_path / "no-chromedriver")
     monkeypatch.delenv("LASTPOOL_REQUIRE_BROWSER", raising=False)
     with pytest.raises(pytest.skip.Exception, match="no-chromedriver"):
