@@ -7,17 +7,20 @@ is missing, unless LASTPOOL_REQUIRE_BROWSER=1 (set by CI), where a missing brows
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from lastpool.evaluation.baseline import beats_baseline_text
 from lastpool.evaluation.calibration import reliability_bins
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.evaluation.model_card import md_text, model_card, wilson_interval
@@ -30,6 +33,8 @@ EVIL = "<script>alert(1)</script> a | b"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TEMPERATURE = 1.7
+LAYER_SCORES = [0.41, 0.55, 0.68, 0.74, 0.71, 0.66]
+CHOSEN_LAYER = 4
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -159,6 +164,100 @@ def test_report_without_optional_data(tmp_path: Path, report: RunReport) -> None
     assert "No per-epoch history was recorded." in md
     assert "No temperature was fitted" in md
     assert {Path(r).stem for r in re.findall(r"\]\((plots/[^)]+)\)", md)} == names
+
+
+def with_baseline_and_layers(report: RunReport, baseline_gap: float) -> RunReport:
+    """``report`` plus a bag-of-words baseline ``baseline_gap`` below the model's accuracy and layer scores."""
+    baseline = {"model": "TF-IDF + linear SVM", "accuracy": report.val["accuracy"] - baseline_gap,
+                "macro_f1": 0.4321, "seconds": 1.25}
+    return RunReport(**{**report.__dict__, "baseline": baseline, "layer_scores": LAYER_SCORES,
+                        "chosen_layer": CHOSEN_LAYER})
+
+
+@pytest.mark.parametrize(("gap", "verdict"), [(0.05, "beats"), (-0.05, "does not beat")])
+def test_report_with_baseline_and_layer_scores(tmp_path: Path, report: RunReport, gap: float, verdict: str) -> None:
+    """A run with a baseline and --layer auto scores shows the comparison sentence, the baseline rows, the
+    layer-choice section and its plot, in Markdown and HTML alike."""
+    extra = with_baseline_and_layers(report, gap)
+    assert extra.baseline is not None
+    paths = write_report(tmp_path, extra)
+    plot = tmp_path / "plots" / "layer_scores.png"
+    assert plot in paths and plot.read_bytes().startswith(PNG_MAGIC)
+    sentence = beats_baseline_text(report.val["accuracy"], extra.baseline)
+    assert sentence.startswith(f"{verdict} a bag-of-words baseline (TF-IDF + linear SVM, accuracy ")
+    assert sentence.endswith(f"{100 * gap:+.2f} points of accuracy")
+    baseline_accuracy = f"{extra.baseline['accuracy']:.4f}"
+
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert md_text(f"The model {sentence}.") in md
+    assert f"| bag-of-words baseline accuracy | {baseline_accuracy} |" in md
+    assert "| bag-of-words baseline macro-F1 | 0.4321 |" in md
+    headings = re.findall(r"^## (.+)$", md, re.MULTILINE)
+    assert headings.index("Layer choice") == headings.index("Data") + 1  # before training, where it happened
+    assert "block 4 (probe accuracy 0.7400); block 6" in md and "scores 0.6600" in md
+    assert "`--layer auto`" in md and "cross-validated linear probe on the training split" in md
+    refs = re.findall(r"!\[[^\]]+\]\((plots/[^)]+\.png)\)", md)
+    assert {Path(r).stem for r in refs} == PLOT_NAMES | {"layer_scores"}
+
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert html.escape(f"The model {sentence}.") in page
+    assert f'<td>bag-of-words baseline accuracy</td><td class="num">{baseline_accuracy}</td>' in page
+    assert '<td>bag-of-words baseline macro-F1</td><td class="num">0.4321</td>' in page
+    assert "<h2>Layer choice</h2>" in page and "<code>--layer auto</code>" in page
+    inlined = re.search(r'id="plot-layer_scores"[^>]* src="data:image/png;base64,([^"]+)"', page)
+    assert inlined is not None and base64.b64decode(inlined.group(1)) == plot.read_bytes()
+    assert len(re.findall(r"<img [^>]*>", page)) == len(PLOT_NAMES) + 1
+
+
+def test_layer_choice_when_the_last_block_wins(tmp_path: Path, report: RunReport) -> None:
+    """Choosing the last block says so, rather than comparing the block with itself."""
+    write_report(tmp_path, RunReport(**{**report.__dict__, "layer_scores": [0.5, 0.6, 0.7], "chosen_layer": 3}))
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    section = md.split("## Layer choice\n", 1)[1].split("\n## ", 1)[0]
+    assert "block 3 (probe accuracy 0.7000), the last one" in section and "scores 0." not in section
+    assert "bag-of-words" not in md
+
+
+def test_report_without_baseline_or_layer_scores_shows_neither(written: tuple[Path, list[Path]]) -> None:
+    """No baseline and no layer scores: no sentence, no rows, no layer section and no layer plot anywhere."""
+    folder, paths = written
+    assert not (folder / "plots" / "layer_scores.png").exists()
+    assert all(p.name != "layer_scores.png" for p in paths)
+    for name in ("report.md", "report.html"):
+        text = (folder / name).read_text(encoding="utf-8")
+        for absent in ("bag-of-words", "baseline", "Layer choice", "layer_scores", "--layer"):
+            assert absent not in text, (name, absent)
+
+
+def _stub_classifier(report: RunReport, **extra: Any) -> SimpleNamespace:
+    """Just the attributes runs.run_metrics and runs.run_report read from a trained Classifier."""
+    n = report.val["n"]
+    logits = np.random.default_rng(0).normal(size=(n, len(LABELS)))
+    result = SimpleNamespace(val_metrics=report.val, best_epoch=report.best_epoch, history=report.history,
+                             optimizer_steps=10, train_seconds=1.0, train_samples_per_second=100.0)
+    return SimpleNamespace(result=result, calibration=None, spec=SimpleNamespace(labels=LABELS, temperature=1.0),
+                           validation={"logits": logits, "labels": [i % 3 for i in range(n)],
+                                       "texts": [f"text {i}" for i in range(n)]}, **extra)
+
+
+def test_run_metrics_and_report_carry_baseline_and_layer_scores(report: RunReport) -> None:
+    """metrics.json always has the baseline and layer_scores keys (None when not computed), and the run's
+    values reach the report."""
+    from lastpool.runs import run_metrics, run_report  # imports the Classifier (torch): only here
+
+    config = SimpleNamespace(model_dump=lambda mode: {"epochs": 1}, max_length=64)
+    bare = _stub_classifier(report)
+    assert run_metrics(bare)["baseline"] is None and run_metrics(bare)["layer_scores"] is None  # type: ignore[arg-type]
+    bare_report = run_report(bare, config, {"source": "x.csv"}, [])  # type: ignore[arg-type]
+    assert bare_report.baseline is None and bare_report.layer_scores is None and bare_report.chosen_layer is None
+    baseline = {"model": "TF-IDF + linear SVM", "accuracy": 0.5, "macro_f1": 0.4, "seconds": 1.0}
+    full = _stub_classifier(report, baseline=baseline, layer_scores=LAYER_SCORES, chosen_layer=CHOSEN_LAYER)
+    metrics = run_metrics(full)  # type: ignore[arg-type]
+    assert metrics["baseline"] == baseline and metrics["layer_scores"] == LAYER_SCORES
+    json.dumps(metrics)  # still JSON
+    full_report = run_report(full, config, {"source": "x.csv"}, [])  # type: ignore[arg-type]
+    assert (full_report.baseline, full_report.layer_scores, full_report.chosen_layer) == (
+        baseline, LAYER_SCORES, CHOSEN_LAYER)
 
 
 def test_wilson_interval() -> None:

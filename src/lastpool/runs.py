@@ -78,6 +78,8 @@ def run_report(clf: Classifier, config: RunConfig, data: dict[str, Any], token_l
         worst_errors=[{"text": texts[i], "label": names[y[i]], "predicted": names[predicted[i]],
                        "confidence": float(confidence[i])} for i in wrong[:10]],
         best_epoch=clf.result.best_epoch,
+        baseline=getattr(clf, "baseline", None), layer_scores=getattr(clf, "layer_scores", None),
+        chosen_layer=getattr(clf, "chosen_layer", None),
     )
 
 
@@ -93,6 +95,8 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
         "optimizer_steps": result.optimizer_steps,
         "train_seconds": result.train_seconds,
         "train_samples_per_second": result.train_samples_per_second,
+        "baseline": getattr(clf, "baseline", None),  # bag-of-words baseline on the same splits, or None
+        "layer_scores": getattr(clf, "layer_scores", None),  # --layer auto: probe accuracy per block, or None
         "data": data or {},
     }
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 WIDTH = 5.0
@@ -159,5 +160,29 @@ def token_length_histogram(lengths: Sequence[int], max_length: int) -> bytes:
     ax.set_ylabel("texts")
     ax.set_title("text lengths")
     ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def layer_scores(scores: Sequence[float], chosen: int | None) -> bytes:
+    """Probe score of the pooled features after each block (1-based), the chosen block marked: whether
+    the best block is a clear peak or one of a plateau of near-equal blocks shows at a glance."""
+    fig = Figure(figsize=(WIDTH, HEIGHT), layout="constrained")
+    ax = fig.subplots()
+    points = _finite(scores)
+    ax.plot([i + 1 for i, _ in points], [v for _, v in points], marker="o", markersize=3, color="tab:blue",
+            label="cross-validated probe accuracy")
+    if chosen is not None:
+        ax.axvline(chosen, color="tab:red", linestyle="--", linewidth=1)
+        value = dict(points).get(chosen - 1)
+        if value is not None:
+            ax.plot([chosen], [value], marker="*", markersize=12, color="tab:red", linestyle="",
+                    label=f"chosen: block {chosen} ({value:.3f})")
+    ax.set_xlim(0.5, max(len(scores), chosen or 0) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("probe accuracy (training split)")
+    ax.set_title("layer choice")
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")  # below the axes: never over the peak
     ax.grid(alpha=0.3)
     return figure_png(fig)

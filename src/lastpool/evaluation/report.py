@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lastpool.evaluation import plots
+from lastpool.evaluation.baseline import beats_baseline_text
 from lastpool.evaluation.model_card import md_code, md_text, wilson_interval
 from lastpool.fileio import atomic_write_text, staged_file
 
@@ -41,6 +42,9 @@ class RunReport:
     reliability_after: list[dict[str, Any]] | None  # reliability_bins() at the fitted temperature
     worst_errors: list[dict[str, Any]]  # text, label, predicted, confidence; most confident first
     best_epoch: int
+    baseline: dict[str, Any] | None = None  # bag_of_words_baseline(): model, accuracy, macro_f1, seconds
+    layer_scores: list[float] | None = None  # --layer auto: probe accuracy after each block 1..L (training split)
+    chosen_layer: int | None = None  # the 1-based block the classifier pools after
 
 
 # ----------------------------------------------------------------------------- document blocks
@@ -122,6 +126,14 @@ def _summary(report: RunReport) -> list[Block]:
         ["validation texts", str(n)],
         ["accuracy", acc_text],
         ["macro-F1", _fmt(val.get("macro_f1"))],
+    ]
+    baseline = report.baseline
+    if baseline is not None:
+        rows += [
+            ["bag-of-words baseline accuracy", _fmt(baseline.get("accuracy"))],
+            ["bag-of-words baseline macro-F1", _fmt(baseline.get("macro_f1"))],
+        ]
+    rows += [
         ["weighted F1", _fmt(val.get("weighted_f1"))],
         ["log loss", _fmt(val.get("log_loss"))],
         ["ECE (expected calibration error)", _fmt(val.get("ece"))],
@@ -134,12 +146,26 @@ def _summary(report: RunReport) -> list[Block]:
             ["ECE after temperature scaling", _fmt(cal.get("ece_after"))],
         ]
     rows.append(["best epoch", str(report.best_epoch)])
-    return [
+    blocks: list[Block] = [
         Heading(2, "Summary"),
         Para(["Scores on the validation split, for the model of the best epoch. "
               "Log loss and ECE are for the uncalibrated probabilities (temperature 1)."]),
         Table(["metric", "value"], rows, [False, True]),
     ]
+    if baseline is not None:
+        blocks.append(Para([_baseline_sentence(accuracy, baseline)]))
+    return blocks
+
+
+def _baseline_sentence(accuracy: Any, baseline: dict[str, Any]) -> str:
+    """The model against the bag-of-words baseline; the baseline's cost is given too, since a small gain
+    over a model fitted in seconds is a reason to question the bigger one."""
+    fitted = (f"The baseline is fitted on the same training split in {float(baseline['seconds']):.1f} s"
+              if baseline.get("seconds") is not None else "The baseline is fitted on the same training split")
+    fitted += " and scored on the same validation texts."
+    if accuracy is None or math.isnan(float(accuracy)):
+        return fitted
+    return f"The model {beats_baseline_text(float(accuracy), baseline)}. {fitted}"
 
 
 def _data(report: RunReport, images: set[str]) -> list[Block]:
@@ -166,6 +192,32 @@ def _data(report: RunReport, images: set[str]) -> list[Block]:
         ]))
     if "token_lengths" in images:
         blocks.append(Image("token_lengths", "Histogram of tokens per text, with max_length marked"))
+    return blocks
+
+
+def _layer_choice(report: RunReport, images: set[str]) -> list[Block]:
+    """Only for ``--layer auto`` runs: which block was chosen, and how the blocks compared."""
+    scores = report.layer_scores
+    if not scores:
+        return []
+    last, chosen = len(scores), report.chosen_layer
+    parts: list[Inline] = [
+        "With ", Code("--layer auto"), f", the pooled features after each of the {last} decoder blocks were "
+        "scored by a cross-validated linear probe on the training split only (the validation split stays an "
+        "honest measurement); the best block wins. "]
+    if chosen is None:
+        parts.append("The chosen block was not recorded.")
+    else:
+        chosen_score = _fmt(scores[chosen - 1]) if 1 <= chosen <= last else "n/a"
+        parts.append(f"The classifier pools after block {chosen} (probe accuracy {chosen_score})")
+        if chosen == last:
+            parts += [", the last one, which a run without ", Code("--layer"), " pools as well."]
+        else:
+            parts += [f"; block {last}, the model's own output that a run without ", Code("--layer"),
+                      f" pools, scores {_fmt(scores[-1])}."]
+    blocks: list[Block] = [Heading(2, "Layer choice"), Para(parts)]
+    if "layer_scores" in images:
+        blocks.append(Image("layer_scores", "Cross-validated probe accuracy per decoder block, chosen block marked"))
     return blocks
 
 
@@ -261,6 +313,7 @@ def report_blocks(report: RunReport, images: set[str]) -> list[Block]:
         Heading(1, report.title),
         *_summary(report),
         *_data(report, images),
+        *_layer_choice(report, images),
         *_training(report, images),
         *_confusion(report, images),
         *_per_class(report, images),
@@ -285,6 +338,8 @@ def report_plots(report: RunReport) -> dict[str, bytes]:
     lengths = report.data.get("token_lengths") or []
     if lengths and report.data.get("max_length") is not None:
         out["token_lengths"] = plots.token_length_histogram(lengths, int(report.data["max_length"]))
+    if report.layer_scores:
+        out["layer_scores"] = plots.layer_scores(report.layer_scores, report.chosen_layer)
     return out
 
 
