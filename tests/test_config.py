@@ -11,8 +11,9 @@ import typer
 import lastpool.cli
 import lastpool.config
 from lastpool.cli import main
-from lastpool.config import RunConfig, dump_yaml, load_yaml, make_config, resolve_config
+from lastpool.config import RECORDS, RunConfig, dump_yaml, load_yaml, make_config, resolve_config
 from lastpool.errors import ConfigError, LastpoolError
+from lastpool.recipes import RECIPE_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,7 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "text_col": ("body", "body"),
     "label_col": ("tag", "tag"),
     "labels": ("b,a,c", ["b", "a", "c"]),
+    "label_names": ("a=alpha,b=beta", {"a": "alpha", "b": "beta"}),
     "val_fraction": ("0.25", 0.25),
     "tokenizer": ("some/folder", "some/folder"),
     "vocab_size": ("777", 777),
@@ -44,6 +46,9 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "merge": (None, True),
     "calibrate": ("--no-calibrate", False),
     "head_bias": ("--no-head-bias", False),
+    "head_init": ("labels", "labels"),
+    "patience": ("3", 3),
+    "baseline": ("--no-baseline", False),
     "d_model": ("48", 48),
     "n_layers": ("3", 3),
     "n_heads": ("6", 6),
@@ -78,19 +83,22 @@ def train_option_names() -> set[str]:
     return {opt for param in command.params if param.param_type_name == "option" for opt in param.opts}
 
 
+SETTINGS = [name for name in RunConfig.model_fields if name not in RECORDS]
+
+
 def test_every_config_field_has_a_train_flag() -> None:
     options = train_option_names()
-    missing = [name for name in RunConfig.model_fields if "--" + name.replace("_", "-") not in options]
+    missing = [name for name in SETTINGS if "--" + name.replace("_", "-") not in options]
     assert missing == [], f"RunConfig fields without a `lastpool train` flag: {missing}"
     # ... and every flag other than --config/--quiet/--help is a config field.
-    fields = {"--" + name.replace("_", "-") for name in RunConfig.model_fields}
+    fields = {"--" + name.replace("_", "-") for name in SETTINGS}
     extra = {o for o in options if o.startswith("--")} - fields - {"--config", "--quiet", "--help", "--resume"}
     assert extra == set()
 
 
 def test_every_flag_reaches_its_field(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Each flag sets exactly its own field in the resolved config (caught before any training)."""
-    missing = set(RunConfig.model_fields) - set(FLAG_VALUES)
+    missing = set(SETTINGS) - set(FLAG_VALUES)
     assert not missing, f"add a test value to FLAG_VALUES for the new config field(s) {sorted(missing)}"
     resolved: list[RunConfig] = []
     real = lastpool.config.resolve_config
@@ -104,7 +112,7 @@ def test_every_flag_reaches_its_field(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
     monkeypatch.setattr(lastpool.config, "resolve_config", spy)
     defaults = RunConfig()
-    for name in RunConfig.model_fields:
+    for name in SETTINGS:
         text, value = FLAG_VALUES[name]
         assert getattr(defaults, name) != value, f"{name}: pick a non-default test value"
         if text is not None and text.startswith("--"):  # a switch whose default is on: its --no- form
@@ -117,8 +125,11 @@ def test_every_flag_reaches_its_field(monkeypatch: pytest.MonkeyPatch, tmp_path:
         assert code == 2
         cfg = resolved.pop()
         assert getattr(cfg, name) == value, name
-        changed = {k for k in RunConfig.model_fields if getattr(cfg, k) != getattr(defaults, k)}
-        assert changed <= {name, "d_model"}, (name, changed)
+        changed = {k for k in SETTINGS if getattr(cfg, k) != getattr(defaults, k)}
+        # A pretrained model brings its recipe: the settings left unset follow the table's row.
+        follows = set(RECIPE_FIELDS) if name == "model" else set()
+        assert changed <= {name, "d_model"} | follows, (name, changed)
+        assert name not in cfg.from_recipe
 
 
 def test_yaml_then_flags_precedence(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,16 +18,17 @@ import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
-from lastpool.config import RunConfig, make_config
+from lastpool.config import AUTO, RunConfig, make_config, without_recipe
 from lastpool.data.batching import EncodedDataset
 from lastpool.data.labels import LabelSet
 from lastpool.data.split import stratified_split
 from lastpool.errors import ConfigError, DataError, ModelLoadError
+from lastpool.evaluation.baseline import bag_of_words_baseline
 from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.evaluation.model_card import model_card
 from lastpool.fileio import staged_dir
-from lastpool.models.backbones import load_backbone, truncate_backbone
+from lastpool.models.backbones import HFBackbone, load_backbone, truncate_backbone
 from lastpool.models.classifier_model import (
     SPEC_FILE,
     LoraSpec,
@@ -41,21 +42,26 @@ from lastpool.models.classifier_model import (
     save_model,
 )
 from lastpool.models.gpt import GPTConfig
+from lastpool.models.label_head import CONTENT_FREE, content_free_bias, label_rows, output_embeddings
 from lastpool.models.lora import apply_lora, merge_lora
 from lastpool.progress import status
+from lastpool.recipes import auto_epochs
+from lastpool.text.label_words import auto_prompt, label_words
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer, train_bpe
 from lastpool.training.checkpoint import Checkpoint, CheckpointSettings
 from lastpool.training.features import (
     FeatureDataset,
     HeadOnly,
-    cached_features,
+    cached_tensor,
+    extract_features,
     feature_key,
     fold_standardization,
     freeze_for_mode,
     standardizer,
 )
 from lastpool.training.inference import bf16_copy, predict_logits, softmax
-from lastpool.training.trainer import Trainer, TrainResult
+from lastpool.training.layer_search import best_layer, pooled_every_layer, score_layers
+from lastpool.training.trainer import Trainer, TrainResult, evaluate_logits
 
 
 def resolve_model_folder(path: str | Path) -> Path:
@@ -97,66 +103,61 @@ def bf16_is_fast() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _new_model(
-    cfg: RunConfig, label_names: list[str], train_texts: list[str], quiet: bool = True
-) -> tuple[SequenceClassifier, ModelSpec, TextEncoder]:
-    """Tokenizer, spec and freshly initialised (or pretrained) model for a training run."""
-    set_seed(cfg.seed)
-    pretrained = cfg.model != "scratch"
-    backbone_spec: ScratchBackboneSpec | PretrainedBackboneSpec
-    backbone: torch.nn.Module | None = None
-    tok_type: Literal["bpe", "pretrained"] = "pretrained"
-    tokenizer: PreTrainedTokenizerBase
-    tok_source: str | None = cfg.tokenizer
-    if pretrained:
+def _load_parts(cfg: RunConfig, train_texts: list[str], quiet: bool) -> tuple[
+        HFBackbone | None, dict[str, Any], PreTrainedTokenizerBase, Literal["bpe", "pretrained"], str | None]:
+    """The pretrained backbone (all its blocks; None for ``scratch``), its description, and the tokenizer."""
+    if cfg.model != "scratch":
         if cfg.tokenizer == "bpe":
             raise ConfigError("a pretrained backbone needs its own tokenizer: drop --tokenizer bpe (or use auto)")
         with status(f"loading {cfg.model}", quiet):
             backbone, info = load_backbone(cfg.model, trust_remote_code=cfg.trust_remote_code)
         tok_source = cfg.model if cfg.tokenizer == "auto" else cfg.tokenizer
         tokenizer = load_pretrained_tokenizer(tok_source, trust_remote_code=cfg.trust_remote_code)
+        # The source's whole config, before any --layer truncation: provenance, and what rebuilds it offline.
+        source_config = json.loads(backbone.config.to_json_string(use_diff=False))
+        # (less _name_or_path & co: local paths, not architecture)
+        info["config"] = {key: value for key, value in source_config.items() if not key.startswith("_")}
         if cfg.grad_checkpointing:
             backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return backbone, info, tokenizer, "pretrained", tok_source
+    if cfg.layer is not None:
+        raise ConfigError("--layer applies to pretrained models; a from-scratch model sets --n-layers instead")
+    for name, value in (("mode", cfg.mode if cfg.mode == "zeroshot" else None),
+                        ("head-init", cfg.head_init if cfg.head_init == "labels" else None)):
+        if value is not None:
+            raise ConfigError(f"--{name} {value} needs a pretrained --model (it reads the LM's label words)")
+    if cfg.tokenizer in ("auto", "bpe"):
+        with status(f"training a {cfg.vocab_size}-token BPE tokenizer", quiet):
+            tokenizer = train_bpe(train_texts, cfg.vocab_size, lowercase=cfg.lowercase)
+        return None, {}, tokenizer, "bpe", None
+    return None, {}, load_pretrained_tokenizer(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code), \
+        "pretrained", cfg.tokenizer
+
+
+def _spec(cfg: RunConfig, label_names: list[str], backbone: HFBackbone | None, info: dict[str, Any],
+          encoder: TextEncoder, tok_type: Literal["bpe", "pretrained"], tok_source: str | None,
+          layer: int | None) -> ModelSpec:
+    """The model folder's description of a new run's model."""
+    backbone_spec: ScratchBackboneSpec | PretrainedBackboneSpec
+    if backbone is not None:
         backbone_spec = PretrainedBackboneSpec(
             source=cfg.model, kind=info["kind"], model_type=info["model_type"], sha256=info.get("sha256"),
-            config={key: value for key, value in json.loads(backbone.config.to_json_string(use_diff=False)).items()
-                    if not key.startswith("_")},  # drop _name_or_path & co: local paths, not architecture
-            layer=cfg.layer,
+            config=info["config"], layer=layer,
         )
-        if cfg.layer is not None:
-            truncate_backbone(backbone, cfg.layer)
     else:
-        if cfg.layer is not None:
-            raise ConfigError("--layer applies to pretrained models; a from-scratch model sets --n-layers instead")
-        if cfg.tokenizer in ("auto", "bpe"):
-            with status(f"training a {cfg.vocab_size}-token BPE tokenizer", quiet):
-                tokenizer = train_bpe(train_texts, cfg.vocab_size, lowercase=cfg.lowercase)
-            tok_type, tok_source = "bpe", None
-        else:
-            tokenizer = load_pretrained_tokenizer(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
-    encoder = TextEncoder(tokenizer, cfg.max_length, cfg.prompt)
-    if not pretrained:
         backbone_spec = ScratchBackboneSpec(
             config=GPTConfig(
                 vocab_size=encoder.vocab_size, context_length=cfg.context_length or cfg.max_length,
                 d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_ff=cfg.d_ff, dropout=cfg.dropout,
             )
         )
-    spec = ModelSpec(
-        backbone=backbone_spec,
-        pooling=cfg.pooling,
-        head_dropout=cfg.head_dropout,
-        head_bias=cfg.head_bias,
-        labels=label_names,
-        max_length=cfg.max_length,
-        padding_side=cfg.padding_side,
-        prompt=cfg.prompt,
+    return ModelSpec(
+        backbone=backbone_spec, pooling=cfg.pooling, head_dropout=cfg.head_dropout, head_bias=cfg.head_bias,
+        labels=label_names, max_length=cfg.max_length, padding_side=cfg.padding_side, prompt=encoder.prompt,
         tokenizer=TokenizerSpec(type=tok_type, source=tok_source, vocab_size=encoder.vocab_size,
                                 pad_token_id=encoder.pad_token_id),
-        precision=resolve_precision(cfg.precision, pretrained),
+        precision=resolve_precision(cfg.precision, backbone is not None), mode=cfg.mode,
     )
-    set_seed(cfg.seed)
-    return build_model(spec, backbone), spec, encoder
 
 
 def _backbone_identity(spec: ModelSpec, seed: int) -> dict[str, Any]:
@@ -184,6 +185,24 @@ def calibrate(val_logits: np.ndarray, val_y: Sequence[int]) -> tuple[float, dict
     }
 
 
+def _zero_shot(model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder, val_ids: list[list[int]],
+               val_y: list[int]) -> TrainResult:
+    """``--mode zeroshot``: no training. The head already holds the label words' output rows; its bias
+    becomes the contextual calibration, and the validation split is scored as a kept epoch would be."""
+    model.eval()
+    runner = bf16_copy(model) if spec.precision == "bf16" else model
+    content_free = [ids for ids in encoder.encode(list(CONTENT_FREE)) if ids]
+    with torch.no_grad():
+        assert model.head.bias is not None  # the config requires the head bias for zeroshot
+        model.head.bias.zero_()
+        runner.head.bias.zero_()
+        logits = predict_logits(runner, content_free, encoder.pad_token_id, spec.padding_side)
+        model.head.bias.copy_(content_free_bias(torch.from_numpy(logits)))
+        runner.head.bias.copy_(model.head.bias)
+    val_logits = predict_logits(runner, val_ids, encoder.pad_token_id, spec.padding_side)
+    return TrainResult(val_metrics=evaluate_logits(val_logits, val_y, spec.labels), val_logits=val_logits)
+
+
 class Classifier:
     """A decoder-only text classifier with last-token (or mean/max/first) pooling.
 
@@ -192,7 +211,10 @@ class Classifier:
     """
 
     def __init__(self, config: RunConfig | None = None, **overrides: Any) -> None:
-        base = config.model_dump() if config is not None else {}
+        # What ``config`` was given (not its field defaults), less what its recipe row filled in: overrides
+        # of the model or mode then bring their own row.
+        base = without_recipe({**config.model_dump(exclude_unset=True), "from_recipe": config.from_recipe}
+                              ) if config is not None else {}
         self.config: RunConfig = make_config({**base, **overrides}, source="Classifier")
         self.model: SequenceClassifier | None = None
         self.spec: ModelSpec | None = None
@@ -203,6 +225,9 @@ class Classifier:
         self.calibration: dict[str, float] | None = None
         self.validation: dict[str, Any] | None = None  # texts, labels and kept-epoch logits of the last fit
         self.data_info: dict[str, Any] = {}  # training data summary for the model card
+        self.baseline: dict[str, Any] | None = None  # the bag-of-words baseline on the same split
+        self.layer_scores: list[float] | None = None  # --layer auto: cross-validated probe score per block
+        self.chosen_layer: int | None = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -250,35 +275,57 @@ class Classifier:
             val_texts = [texts[i] for i in val_idx]
             val_y = [encoded[i] for i in val_idx]
 
-        model, spec, encoder = _new_model(cfg, list(label_set.names), train_texts, quiet=quiet)
-        spec.mode = cfg.mode
+        names = list(label_set.names)
+        if cfg.epochs == AUTO:  # resolved here, where the data size is known; config.yaml records the number
+            cfg = self.config = cfg.model_copy(update={"epochs": auto_epochs(len(train_texts), len(names),
+                                                                               cfg.batch_size)})
+        self.baseline = (bag_of_words_baseline(train_texts, train_y, val_texts, val_y, names)
+                         if cfg.baseline else None)
+        set_seed(cfg.seed)
+        backbone, info, tokenizer, tok_type, tok_source = _load_parts(cfg, train_texts, quiet)
+        words = label_words(names, cfg.label_names)
+        prompt = auto_prompt(tokenizer, cfg.max_length) if cfg.prompt == AUTO else cfg.prompt
+        encoder = TextEncoder(tokenizer, cfg.max_length, prompt)
+        with status(f"tokenizing {len(train_texts) + len(val_texts)} texts", quiet):
+            train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
+        layer = cfg.layer if isinstance(cfg.layer, int) else None
+        layer_features = None
+        if cfg.layer == AUTO:
+            assert backbone is not None  # _load_parts refuses --layer for scratch models
+            layer, layer_features = self._choose_layer(cfg, backbone, info, encoder, train_ids, val_ids, train_y,
+                                                       quiet)
+        elif layer is not None:
+            assert backbone is not None
+            truncate_backbone(backbone, layer)
+        spec = _spec(cfg, names, backbone, info, encoder, tok_type, tok_source, layer)
+        set_seed(cfg.seed)
+        model = build_model(spec, backbone)
+        if cfg.head_init == "labels" or cfg.mode == "zeroshot":
+            assert backbone is not None
+            if cfg.mode == "probe":
+                raise ConfigError("--head-init labels does not apply to --mode probe (its head reads "
+                                  "standardized features, not the LM's hidden states)")
+            with torch.no_grad():
+                model.head.weight.copy_(label_rows(output_embeddings(backbone, cfg.model), tokenizer, words))
         if cfg.mode == "lora":
             if not isinstance(spec.backbone, PretrainedBackboneSpec):
                 raise ConfigError("--mode lora needs a pretrained --model (a hub id, folder or .gguf file)")
             apply_lora(model, spec.backbone.model_type, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
             spec.lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
-        else:
+        elif cfg.mode != "zeroshot":
             freeze_for_mode(model, cfg.mode)
-        trainer = Trainer(cfg, encoder.pad_token_id, list(label_set.names), quiet=quiet, precision=spec.precision,
+        trainer = Trainer(cfg, encoder.pad_token_id, names, quiet=quiet, precision=spec.precision,
                           checkpoints=checkpoints, resume=resume)
-        with status(f"tokenizing {len(train_texts) + len(val_texts)} texts", quiet):
-            train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
-        if cfg.mode == "probe":
-            # One cache entry for all texts in a canonical order, so every seed's split (and every
-            # fold) reuses the same features instead of extracting them again.
-            all_ids = train_ids + val_ids
-            order = sorted(range(len(all_ids)), key=lambda i: all_ids[i])
-            canonical = [all_ids[i] for i in order]
-            key = feature_key(_backbone_identity(spec, cfg.seed), canonical, spec.pooling, spec.padding_side,
-                              spec.precision)
-            feats, hit = cached_features(model, canonical, key, encoder.pad_token_id, spec.padding_side,
-                                         spec.precision, quiet=quiet)
-            self.feature_cache_hits.append(hit)
-            by_input = torch.empty_like(feats)
-            by_input[torch.tensor(order)] = feats
+        if cfg.mode == "zeroshot":
+            self.result = _zero_shot(model, spec, encoder, val_ids, val_y)
+        elif cfg.mode == "probe":
+            if layer_features is not None:  # the layer search already pooled every text at the chosen layer
+                feats = layer_features
+            else:
+                feats = self._probe_features(cfg, model, spec, encoder, train_ids + val_ids, quiet)
             n = len(train_ids)
-            mean, std = standardizer(by_input[:n])
-            standardized = (by_input - mean) / std
+            mean, std = standardizer(feats[:n])
+            standardized = (feats - mean) / std
             self.result = trainer.fit(HeadOnly(model), FeatureDataset(standardized[:n], train_y),
                                       FeatureDataset(standardized[n:], val_y))
             fold_standardization(model.head, mean, std)
@@ -291,6 +338,8 @@ class Classifier:
         spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
                         "val_macro_f1": self.result.val_metrics.get("macro_f1"),
                         "best_epoch": self.result.best_epoch}
+        if self.baseline is not None:
+            spec.metrics["baseline"] = self.baseline
         self.validation = {"texts": val_texts, "labels": list(val_y), "logits": self.result.val_logits}
         self.data_info = {"source": data_name, "rows": len(texts),
                           "class_counts": dict(sorted(Counter(str_labels).items()))}
@@ -299,6 +348,51 @@ class Classifier:
             spec.metrics["calibration"] = self.calibration
         self.model, self.spec, self.encoder = model, spec, encoder
         return self
+
+    def _choose_layer(self, cfg: RunConfig, backbone: HFBackbone, info: dict[str, Any], encoder: TextEncoder,
+                      train_ids: list[list[int]], val_ids: list[list[int]], train_y: list[int],
+                      quiet: bool) -> tuple[int | None, torch.Tensor]:
+        """``--layer auto``: score every block on the training split, truncate the backbone after the best
+        one; returns the layer (None: all blocks, the final norm kept) and every text's pooled vector there."""
+        precision = resolve_precision(cfg.precision, pretrained=True)
+        identity = {"source": cfg.model, "config": backbone.config.to_json_string(use_diff=False),
+                    "sha256": info.get("sha256"), "every_layer": True}
+        every = self._cached_by_canonical_order(
+            train_ids + val_ids, identity, cfg.pooling, cfg.padding_side, precision,
+            lambda ids: pooled_every_layer(backbone, cfg.pooling, ids, encoder.pad_token_id, cfg.padding_side,
+                                           precision, quiet=quiet))
+        with status("scoring a linear probe after every layer", quiet):
+            self.layer_scores = score_layers(every[: len(train_ids)], train_y, seed=cfg.seed)
+        chosen = best_layer(self.layer_scores)
+        self.chosen_layer = chosen
+        features = every[:, chosen - 1].contiguous()
+        if chosen == every.shape[1]:
+            return None, features
+        truncate_backbone(backbone, chosen)
+        return chosen, features
+
+    def _probe_features(self, cfg: RunConfig, model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder,
+                        all_ids: list[list[int]], quiet: bool) -> torch.Tensor:
+        """Pooled features of every text, in input order, from the cache when it has them."""
+        return self._cached_by_canonical_order(
+            all_ids, _backbone_identity(spec, cfg.seed), spec.pooling, spec.padding_side, spec.precision,
+            lambda ids: extract_features(model, ids, encoder.pad_token_id, spec.padding_side, spec.precision,
+                                         quiet=quiet))
+
+    def _cached_by_canonical_order(self, all_ids: list[list[int]], identity: dict[str, Any], pooling: str,
+                                   padding_side: str, precision: str,
+                                   compute: Callable[[list[list[int]]], torch.Tensor]) -> torch.Tensor:
+        """``compute`` over every text, cached as one entry in a canonical (sorted) order, so that every
+        seed's split (and every fold) reuses the same entry instead of computing it again; returned in input
+        order. Records whether it was a cache hit in ``feature_cache_hits``."""
+        order = sorted(range(len(all_ids)), key=lambda i: all_ids[i])
+        canonical = [all_ids[i] for i in order]
+        key = feature_key(identity, canonical, pooling, padding_side, precision)
+        feats, hit = cached_tensor(key, lambda: compute(canonical), len(canonical))
+        self.feature_cache_hits.append(hit)
+        by_input = torch.empty_like(feats)
+        by_input[torch.tensor(order)] = feats
+        return by_input
 
     # ---------------------------------------------------------------- inference
     def _require_fitted(self) -> tuple[SequenceClassifier, ModelSpec, TextEncoder]:

@@ -43,6 +43,13 @@ RUN = "Checkpoints and processes"
 TRAIN_ONLY = frozenset({"resume", "save_every", "keep_checkpoints", "num_processes", "sharding"})  # not for cv/compare
 
 
+def _int_or_auto(value: str | None) -> str | None:
+    """``--epochs`` / ``--layer``: a positive whole number or ``auto`` (checked as a usage error)."""
+    if value is None or value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise typer.BadParameter(f"expected a positive whole number or auto, got {value!r}")
+
+
 def _labels_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -60,21 +67,22 @@ def train(
     text_col: Annotated[str | None, typer.Option(help="text column (auto-detected: text, sentence, ...)", rich_help_panel=DATA)] = None,  # noqa: E501
     label_col: Annotated[str | None, typer.Option(help="label column (auto-detected: label, ...)", rich_help_panel=DATA)] = None,  # noqa: E501
     labels: Annotated[str | None, typer.Option(help="label order, comma separated (default: sorted)", rich_help_panel=DATA)] = None,  # noqa: E501
+    label_names: Annotated[str | None, typer.Option(help="words for labels that are codes: 0=negative,1=positive, or a file of label=words lines (default: the label names, camelCase and -/_ split)", rich_help_panel=DATA)] = None,  # noqa: E501
     val_fraction: Annotated[float | None, typer.Option(help="stratified validation share [0.1]", rich_help_panel=DATA)] = None,  # noqa: E501
     tokenizer: Annotated[str | None, typer.Option(help="auto (the model's own; a trained BPE for scratch), bpe, or a HF tokenizer folder, .gguf file or hub id [auto]", rich_help_panel=TOK)] = None,  # noqa: E501
     vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size [2000]", rich_help_panel=TOK)] = None,
     lowercase: Annotated[bool | None, typer.Option("--lowercase/--no-lowercase", help="BPE: fold case [off]", rich_help_panel=TOK)] = None,  # noqa: E501
-    max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens [64]", rich_help_panel=TOK)] = None,  # noqa: E501
+    max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens (recipe default)", rich_help_panel=TOK)] = None,  # noqa: E501
     padding_side: Annotated[str | None, typer.Option(help="right or left [right]", rich_help_panel=TOK)] = None,
-    prompt: Annotated[str | None, typer.Option(help="template around each text, with {text} once, e.g. $'{text}\\nSentiment:' (kept whole when a text is cut) [{text}]", rich_help_panel=TOK)] = None,  # noqa: E501
+    prompt: Annotated[str | None, typer.Option(help="template around each text, with {text} once, e.g. $'{text}\\nSentiment:' (kept whole when a text is cut), or auto: a question that names the label set (recipe default)", rich_help_panel=TOK)] = None,  # noqa: E501
     model: Annotated[str | None, typer.Option(help="scratch, or a pretrained decoder: hub id, local folder or .gguf file [scratch]", rich_help_panel=MODEL)] = None,  # noqa: E501
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="run a hub model's own code [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
     grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="recompute activations to save memory [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each decoder block for training: faster steps on CPU after a one-off compile (~20 s; ~5 s once cached); needs a C++ compiler [off]", rich_help_panel=OPT)] = None,  # noqa: E501
-    layer: Annotated[int | None, typer.Option(help="pretrained: pool the hidden states after this block; later blocks and the final norm are dropped [all]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features) or top-N (train the last N blocks) [full]", rich_help_panel=OPT)] = None,  # noqa: E501
-    lora_r: Annotated[int | None, typer.Option(help="LoRA rank [8]", rich_help_panel=OPT)] = None,
-    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha [16]", rich_help_panel=OPT)] = None,
+    layer: Annotated[str | None, typer.Option(callback=_int_or_auto, help="pretrained: pool the hidden states after block N; later blocks and the final norm are dropped; auto: the block a cross-validated linear probe scores best on the training split (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
+    mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features), top-N (train the last N blocks) or zeroshot (no training: the LM's scores for the label words, calibrated) [full]", rich_help_panel=OPT)] = None,  # noqa: E501
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank (recipe default)", rich_help_panel=OPT)] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (recipe default)", rich_help_panel=OPT)] = None,
     lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout [0]", rich_help_panel=OPT)] = None,
     merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="LoRA: save merged weights, not the adapter [off]", rich_help_panel=OPT)] = None,  # noqa: E501
     precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16 (autocast) [auto: bf16 for pretrained models where fast]", rich_help_panel=OPT)] = None,  # noqa: E501
@@ -86,18 +94,21 @@ def train(
     context_length: Annotated[int | None, typer.Option(help="position table size [max length]", rich_help_panel=MODEL)] = None,  # noqa: E501
     pooling: Annotated[str | None, typer.Option(help="last, mean, max or first [last]", rich_help_panel=MODEL)] = None,
     head_dropout: Annotated[float | None, typer.Option(help="dropout before the head [0]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    head_bias: Annotated[bool | None, typer.Option("--head-bias/--no-head-bias", help="a bias in the linear head; off makes a pretrained model exportable to transformers [on]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    token_dropout: Annotated[float | None, typer.Option(help="training augmentation: delete this share of tokens [0.1]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    epochs: Annotated[int | None, typer.Option(help="[10]", rich_help_panel=OPT)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[32]", rich_help_panel=OPT)] = None,
-    lr: Annotated[float | None, typer.Option(help="peak learning rate [1e-3]", rich_help_panel=OPT)] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay [0.1]", rich_help_panel=OPT)] = None,
-    warmup: Annotated[float | None, typer.Option(help="warmup: fraction of steps (<1) or steps (>=1) [0.05]", rich_help_panel=OPT)] = None,  # noqa: E501
+    head_bias: Annotated[bool | None, typer.Option("--head-bias/--no-head-bias", help="a bias in the linear head; off makes a pretrained model exportable to transformers (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
+    head_init: Annotated[str | None, typer.Option(help="random, or labels: the head's rows start from the LM's output rows for the label words [random]", rich_help_panel=MODEL)] = None,  # noqa: E501
+    token_dropout: Annotated[float | None, typer.Option(help="training augmentation: delete this share of tokens (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
+    epochs: Annotated[str | None, typer.Option(callback=_int_or_auto, help="epochs, or auto: from the data size and the number of labels (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
+    patience: Annotated[int | None, typer.Option(help="stop after N epochs without a better validation macro-F1 (the best epoch is kept) (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
+    batch_size: Annotated[int | None, typer.Option(help="batch size (recipe default)", rich_help_panel=OPT)] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate (recipe default)", rich_help_panel=OPT)] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
+    warmup: Annotated[float | None, typer.Option(help="warmup: fraction of steps (<1) or steps (>=1) (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
     max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps", rich_help_panel=OPT)] = None,  # noqa: E501
     grad_clip: Annotated[float | None, typer.Option(help="max gradient norm, 0 = off [1.0]", rich_help_panel=OPT)] = None,  # noqa: E501
     grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps [1]", rich_help_panel=OPT)] = None,  # noqa: E501
-    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing [0.1]", rich_help_panel=OPT)] = None,  # noqa: E501
+    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="temperature scaling fitted on the validation split after training [on]", rich_help_panel=OPT)] = None,  # noqa: E501
+    baseline: Annotated[bool | None, typer.Option("--baseline/--no-baseline", help="also train a bag-of-words baseline (TF-IDF + linear SVM) on the same split and report it beside the model [on]", rich_help_panel=OPT)] = None,  # noqa: E501
     seed: Annotated[int | None, typer.Option(help="random seed [0]", rich_help_panel=OPT)] = None,
     out: Annotated[Path | None, typer.Option(help="run directory [runs/<timestamp>]", rich_help_panel=OUT)] = None,
     save_every: Annotated[int | None, typer.Option(help="also checkpoint every N optimizer steps (checkpoints are always saved at each epoch end and on Ctrl-C/SIGTERM) [off]", rich_help_panel=RUN)] = None,  # noqa: E501
@@ -150,15 +161,20 @@ def train(
     )
     if process_rank() == 0:  # only the main process writes the run directory
         # The finished run replaces its checkpoints: the model folder is the result.
-        write_run(clf, run_dir, cfg, data_summary(table.texts, table.labels, table.source), texts=table.texts,
+        write_run(clf, run_dir, clf.config, data_summary(table.texts, table.labels, table.source), texts=table.texts,
                   replace=(run_dir / "checkpoints").exists())
     finish()
     if process_rank() != 0:
         return
     assert clf.result is not None
     val = clf.result.val_metrics
-    summary = (f"run saved to {run_dir}  (best epoch {clf.result.best_epoch}: "
-               f"val accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f})")
+    kept = f"best epoch {clf.result.best_epoch}" if clf.result.history else "no training"
+    beside = ""
+    if clf.baseline is not None:
+        points = round(100 * (val["accuracy"] - clf.baseline["accuracy"]), 2) + 0.0
+        beside = f"; bag-of-words baseline {clf.baseline['accuracy']:.4f}, {points:+.2f} points"
+    summary = (f"run saved to {run_dir}  ({kept}: val accuracy {val['accuracy']:.4f}, "
+               f"macro-F1 {val['macro_f1']:.4f}{beside})")
     if quiet:
         print(summary)
     else:
@@ -320,10 +336,13 @@ def _run_config(params: dict[str, Any], base: dict[str, Any] | None = None) -> R
     """The RunConfig from a command's train options: ``base`` (a resumed run's settings), the YAML file,
     then the flags that were given."""
     from lastpool.config import RunConfig, resolve_config
+    from lastpool.text.label_words import parse_label_names
 
     flags = {name: value for name, value in params.items() if name in RunConfig.model_fields}
     out_dir = params.get("out")
+    names = params.get("label_names")
     overrides: dict[str, Any] = {**flags, "labels": _labels_list(params.get("labels")),
+                                 "label_names": parse_label_names(names) if names is not None else None,
                                  "out": str(out_dir) if out_dir is not None else None}
     config_file = params.get("config")
     cfg = resolve_config(str(config_file) if config_file is not None else None, overrides, base=base)

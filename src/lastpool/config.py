@@ -8,17 +8,26 @@ saved with each run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lastpool.errors import ConfigError
 from lastpool.models.pooling import PoolingName
+from lastpool.recipes import recipe
+
+AUTO = "auto"
+RECORDS = frozenset({"from_recipe"})  # fields that record how a config was resolved: no flag sets them
 
 
 class RunConfig(BaseModel):
-    """Everything that defines a training run. Defaults are the recommended from-scratch setup."""
+    """Everything that defines a training run.
+
+    Settings left unset come from the recipe for the run's model kind and mode (``lastpool.recipes``);
+    ``from_recipe`` lists those, so a saved config says which values the user chose and which the table
+    did. The field defaults below apply to the settings no recipe row names.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -28,6 +37,8 @@ class RunConfig(BaseModel):
     text_col: str | None = Field(default=None, description="text column (auto: text, sentence, ...)")
     label_col: str | None = Field(default=None, description="label column (auto: label, sentiment, ...)")
     labels: list[str] | None = Field(default=None, description="label order, e.g. negative,neutral,positive")
+    label_names: dict[str, str] | None = Field(
+        default=None, description="words for labels that are codes, e.g. 0=negative,1=positive (or a file)")
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="validation share of --data")
 
     # tokenizer
@@ -38,17 +49,18 @@ class RunConfig(BaseModel):
     lowercase: bool = Field(default=False, description="BPE: fold case before tokenizing")
     max_length: int = Field(default=64, ge=2, description="truncate texts to this many tokens")
     padding_side: Literal["right", "left"] = Field(default="right", description="where batches are padded")
-    prompt: str = Field(default="{text}", description="template around each text, e.g. '{text}\\nSentiment:'")
+    prompt: str = Field(default="{text}",
+                        description="template around each text, e.g. '{text}\\nSentiment:', or auto")
 
     # model
     model: str = Field(default="scratch", description="scratch, or a pretrained decoder: hub id, folder, .gguf")
     trust_remote_code: bool = Field(default=False, description="allow a hub model's own Python code")
     grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory")
     compile: bool = Field(default=False, description="torch.compile each decoder block for training")
-    layer: int | None = Field(default=None, ge=1,
-                              description="pretrained: pool the hidden states after this block (later ones dropped)")
-    mode: str = Field(default="full", pattern=r"^(full|lora|probe|top-[1-9][0-9]*)$",
-                      description="full, lora, probe (frozen backbone, head on cached features) or top-N")
+    layer: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        default=None, description="pretrained: pool the hidden states after this block (later ones dropped), or auto")
+    mode: str = Field(default="full", pattern=r"^(full|lora|probe|zeroshot|top-[1-9][0-9]*)$",
+                      description="full, lora, probe (frozen backbone, head on cached features), top-N or zeroshot")
     lora_r: int = Field(default=8, ge=1, description="LoRA rank")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator")
     # 0, as in peft: on a CPU the random masks of 0.05 cost a third of a LoRA step (210 adapted projections
@@ -65,10 +77,15 @@ class RunConfig(BaseModel):
     pooling: PoolingName = Field(default="last", description="last, mean, max or first")
     head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     head_bias: bool = Field(default=True, description="a bias in the linear head (off: exportable to transformers)")
+    head_init: Literal["random", "labels"] = Field(
+        default="random", description="random, or labels: head rows start from the LM's rows for the label words")
     token_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="training: delete tokens at this rate")
 
     # optimisation
-    epochs: int = Field(default=10, ge=1)
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=10, description="epochs, or auto: from the data size and the number of labels")
+    patience: int | None = Field(default=None, ge=1,
+                                 description="stop after this many epochs without a better validation macro-F1")
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=0.1, ge=0.0)
@@ -78,6 +95,7 @@ class RunConfig(BaseModel):
     grad_accum: int = Field(default=1, ge=1, description="gradient accumulation steps")
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
     calibrate: bool = Field(default=True, description="fit a softmax temperature on the validation split")
+    baseline: bool = Field(default=True, description="also score a bag-of-words (TF-IDF + linear) baseline")
     seed: int = Field(default=0, ge=0)
 
     # output and run control (these may differ when a run is resumed)
@@ -90,16 +108,33 @@ class RunConfig(BaseModel):
     sharding: Literal["none", "fsdp"] = Field(default="none",
                                               description="with several processes: none (DDP) or fsdp")
 
+    from_recipe: list[str] = Field(default_factory=list,
+                                   description="settings that came from the recipe table, not from the user")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_recipe(cls, values: Any) -> Any:
+        """Unset recipe settings take the value of the (model kind, mode) row."""
+        if not isinstance(values, dict):
+            return values
+        row = recipe(str(values.get("model", "scratch")), str(values.get("mode", "full")))
+        filled = [name for name in row if name not in values]
+        if not filled:
+            return values
+        earlier = [name for name in values.get("from_recipe", []) if name not in filled]
+        return {**values, **{name: row[name] for name in filled}, "from_recipe": sorted(earlier + filled)}
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.context_length is not None and self.context_length < self.max_length:
             raise ValueError(f"context_length ({self.context_length}) is below max_length ({self.max_length})")
-        if self.prompt.count("{text}") != 1:
-            raise ValueError(f"prompt must contain {{text}} exactly once (got {self.prompt!r})")
-        if self.mode == "probe" and not self.head_bias:
-            raise ValueError("--mode probe needs the head bias (its standardized features fold into it)")
+        if self.prompt != AUTO and self.prompt.count("{text}") != 1:
+            raise ValueError(f"prompt must contain {{text}} exactly once, or be auto (got {self.prompt!r})")
+        if self.mode in ("probe", "zeroshot") and not self.head_bias:
+            raise ValueError(f"--mode {self.mode} needs the head bias (it holds the feature standardization "
+                             "or the calibration)")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels contain duplicates")
         if self.save_every is not None and self.keep_checkpoints == 0:
@@ -115,6 +150,13 @@ class RunConfig(BaseModel):
 
     def warmup_steps(self, total_steps: int) -> int:
         return int(self.warmup) if self.warmup >= 1 else int(round(self.warmup * total_steps))
+
+
+def without_recipe(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` less the settings that came from the recipe table (they are resolved again, for what may
+    now be another model or mode)."""
+    table = set(values.get("from_recipe") or [])
+    return {name: value for name, value in values.items() if name not in table and name != "from_recipe"}
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -153,8 +195,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def resolve_config(config_file: str | None, overrides: dict[str, Any],
                    base: dict[str, Any] | None = None) -> RunConfig:
     """Defaults < ``base`` < YAML file < CLI flags (flags given as None are not set and do not override)."""
-    values: dict[str, Any] = dict(base or {})
-    values.update(load_yaml(config_file) if config_file else {})
+    values: dict[str, Any] = without_recipe(base or {})
+    values.update(without_recipe(load_yaml(config_file)) if config_file else {})
     values.update({key: value for key, value in overrides.items() if value is not None})
     return make_config(values, source=config_file or "flags")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,15 +123,22 @@ def cached_features(model: SequenceClassifier, ids: Sequence[list[int]], key: st
                     padding_side: str, precision: str, quiet: bool = True,
                     cache_dir: Path | None = None) -> tuple[torch.Tensor, bool]:
     """Features from the cache when the key matches, else computed and cached; returns (features, hit)."""
+    return cached_tensor(key, lambda: extract_features(model, ids, pad_token_id, padding_side, precision,
+                                                       quiet=quiet), len(ids), cache_dir)
+
+
+def cached_tensor(key: str, compute: Callable[[], torch.Tensor], rows: int | None = None,
+                  cache_dir: Path | None = None) -> tuple[torch.Tensor, bool]:
+    """``compute()``'s tensor, kept under ``$LASTPOOL_CACHE/features/<key>``: (tensor, whether it was cached)."""
     path = (cache_dir or default_cache_dir()) / "features" / f"{key}.safetensors"
     if path.is_file():
         try:
             features = load_file(str(path))["features"]
-            if features.shape[0] == len(ids):
+            if rows is None or features.shape[0] == rows:
                 return features, True
         except Exception:  # noqa: BLE001 - a damaged cache entry is simply recomputed
             pass
-    features = extract_features(model, ids, pad_token_id, padding_side, precision, quiet=quiet)
+    features = compute()
     try:
         with staged_file(path) as tmp:
             save_file({"features": features.contiguous()}, str(tmp))

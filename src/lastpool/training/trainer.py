@@ -194,8 +194,11 @@ class Trainer:
         sampler = LengthBucketSampler(train.lengths, cfg.batch_size, seed=cfg.seed, shuffle=True, min_batch=world)
         collate: Any = collate_features if on_features else TokenDropoutCollator(
             self.pad_token_id, cfg.padding_side, rate=cfg.token_dropout, seed=cfg.seed)
+        if not isinstance(cfg.epochs, int):
+            raise ConfigError("epochs auto must be resolved from the data before training (Classifier.fit does)")
+        epochs = cfg.epochs
         steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum)
-        total_steps = steps_per_epoch * cfg.epochs
+        total_steps = steps_per_epoch * epochs
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps)
         unwrapped = model
@@ -234,8 +237,8 @@ class Trainer:
         )
         with StopRequests(enabled=self.checkpoints is not None) as stop, progress:
             task = progress.add_task("train", total=total_steps, completed=result.optimizer_steps,
-                                     epoch=f"{loop.epoch + 1}/{cfg.epochs}", loss="-")
-            while loop.epoch < cfg.epochs and result.optimizer_steps < total_steps:
+                                     epoch=f"{loop.epoch + 1}/{epochs}", loss="-")
+            while loop.epoch < epochs and result.optimizer_steps < total_steps and not self._out_of_patience(loop):
                 epoch = loop.epoch
                 sampler.set_epoch(epoch)
                 batches = sampler.batches()
@@ -288,7 +291,7 @@ class Trainer:
                     loop.step_in_epoch += 1
                     result.optimizer_steps += 1
                     if not self.quiet and (result.optimizer_steps % 10 == 0 or result.optimizer_steps == 1):
-                        progress.update(task, completed=result.optimizer_steps, epoch=f"{epoch + 1}/{cfg.epochs}",
+                        progress.update(task, completed=result.optimizer_steps, epoch=f"{epoch + 1}/{epochs}",
                                         loss=f"{float(step_loss) * world / step_rows:.4f}")
                     if stopping or result.optimizer_steps >= total_steps:
                         break
@@ -331,7 +334,7 @@ class Trainer:
                 result.history.append(record)
                 loop.epoch, loop.step_in_epoch, loop.epoch_seconds, loop.seen = epoch + 1, 0, 0.0, 0
                 if not self.quiet and accelerator.is_main_process:
-                    progress.console.print(self._epoch_line(record, cfg.epochs, improved))
+                    progress.console.print(self._epoch_line(record, epochs, improved))
                 save("epoch", torch.zeros(()))
         if master is not None:
             master.restore()
@@ -344,6 +347,12 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ helpers
+    def _out_of_patience(self, loop: _Loop) -> bool:
+        """Early stopping: ``patience`` finished epochs in a row without a better validation macro-F1 (derived
+        from the history, so a resumed run stops where the uninterrupted one would)."""
+        patience = self.config.patience
+        return patience is not None and loop.result.best_epoch > 0 and loop.epoch - loop.result.best_epoch >= patience
+
     @staticmethod
     def _trainable_state(model: nn.Module, master: MasterWeights | None) -> dict[str, torch.Tensor]:
         """The float32 values of the trainable parameters (all that training changes), cloned."""
