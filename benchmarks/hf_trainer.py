@@ -6,7 +6,9 @@ weights lastpool fine-tunes), splits with lastpool's own stratified split for th
 truncation to ``--max-length`` and pads per batch with DataCollatorWithPadding. ``--best`` switches on
 this machine's best Trainer options (bf16 autocast, group_by_length sampling); otherwise Trainer's
 defaults. Prints one JSON object: kept (best validation macro-F1 epoch) and final-epoch metrics, train
-time and samples/s.
+time and samples/s. ``--eval-data FILE`` also scores the final model on that labelled file (as a held-out
+test set: ``eval_accuracy`` / ``eval_macro_f1``, and ``eval_seconds`` so a caller can leave that scoring
+out of the training time).
 
     python benchmarks/hf_trainer.py --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --seed 0 --best
 """
@@ -17,6 +19,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ from transformers import (
 
 from lastpool.data.labels import LabelSet
 from lastpool.data.split import stratified_split
-from lastpool.data.tables import read_table
+from lastpool.data.tables import Table, read_table
 from lastpool.models.backbones import load_backbone
 from lastpool.text.tokenizers import TEXT_SLOT, load_pretrained_tokenizer
 
@@ -75,16 +78,23 @@ def main() -> None:
     parser.add_argument("--eval-at-end", action="store_true",
                         help="evaluate once after training (train_runtime then excludes evaluation)")
     parser.add_argument("--save", default=None, help="save the trained model and tokenizer to this folder")
+    parser.add_argument("--eval-data", default=None,
+                        help="also score the final model on this labelled file (read like --data)")
     args = parser.parse_args()
 
     table = read_table(args.data)
     assert table.labels is not None
     labels = LabelSet.from_labels(table.labels)
     y = labels.encode(table.labels)
+    test = read_table(args.eval_data) if args.eval_data else None
     train_idx, val_idx = stratified_split(table.labels, 0.1, args.seed)
     tokenizer = load_pretrained_tokenizer(args.model)
-    texts = [args.prompt.replace(TEXT_SLOT, t) for t in table.texts]
-    ids = tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
+
+    def encode(raw: list[str]) -> list[list[int]]:
+        texts = [args.prompt.replace(TEXT_SLOT, t) for t in raw]
+        return tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
+
+    ids = encode(table.texts)
     _, info = load_backbone(args.model)  # the dequantized float32 weights, cached by lastpool
     folder = info.get("cache") or args.model
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -117,6 +127,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         if args.eval_at_end:
             trainer.evaluate()
+        scored = score_file(trainer, encode, labels, test) if test is not None else {}
         if args.save:
             trainer.save_model(args.save)
             tokenizer.save_pretrained(args.save)
@@ -128,8 +139,21 @@ def main() -> None:
         "final_accuracy": evals[-1]["eval_accuracy"] if evals else None,
         "train_seconds_incl_eval": seconds, "train_runtime": output.metrics.get("train_runtime"),
         "train_samples_per_second": output.metrics.get("train_samples_per_second"),
-        "optimizer_steps": output.global_step, "evals": evals,
+        "optimizer_steps": output.global_step, "evals": evals, **scored,
     }))
+
+
+def score_file(trainer: Trainer, encode: Callable[[list[str]], list[list[int]]], labels: LabelSet,
+               test: Table) -> dict:
+    """The final model's accuracy / macro-F1 on a separate labelled table, and the seconds that took."""
+    assert test.labels is not None
+    started = time.perf_counter()
+    y = labels.encode(test.labels, source=test.source)
+    output = trainer.predict(Rows(encode(test.texts), y))
+    predicted = np.argmax(output.predictions, axis=-1)
+    return {"eval_data": test.source, "eval_n": len(y), "eval_accuracy": accuracy_score(y, predicted),
+            "eval_macro_f1": f1_score(y, predicted, average="macro"),
+            "eval_seconds": time.perf_counter() - started}
 
 
 if __name__ == "__main__":
