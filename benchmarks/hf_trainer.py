@@ -151,8 +151,11 @@ def score_file(trainer: Trainer, encode: Callable[[list[str]], list[list[int]]],
     y = labels.encode(test.labels, source=test.source)
     output = trainer.predict(Rows(encode(test.texts), y))
     predicted = np.argmax(output.predictions, axis=-1)
-    return {"eval_data": test.source, "eval_n": len(y), "eval_accuracy": accuracy_score(y, predicted),
-            "eval_macro_f1": f1_score(y, predicted, average="macro"),
+    # Compared with the labels predict() hands back beside the predictions: with group_by_length it may
+    # return rows in another order than the input's.
+    truth = output.label_ids
+    return {"eval_data": test.source, "eval_n": len(y), "eval_accuracy": accuracy_score(truth, predicted),
+            "eval_macro_f1": f1_score(truth, predicted, average="macro"),
             "eval_seconds": time.perf_counter() - started}
 
 

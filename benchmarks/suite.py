@@ -195,12 +195,13 @@ def timed(cmd: list[str], env: dict[str, str], stem: Path) -> Proc:
     return Proc(code, seconds, rss, stdout, stderr)
 
 
-def last_line(*paths: Path) -> str:
-    """The last non-blank line of the first of ``paths`` that has one: what a failure row shows."""
+def last_line(*paths: Path, limit: int | None = 300) -> str:
+    """The last non-blank line of the first of ``paths`` that has one (cut to ``limit`` characters: what a
+    failure row shows; ``limit=None`` for a result line that is parsed)."""
     for path in paths:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.exists() else []
         if lines:
-            return lines[-1].strip()[:300]
+            return lines[-1].strip()[:limit]
     return "(no output)"
 
 
@@ -297,7 +298,7 @@ def run_trainer(prep: Prepared, seed: int, ctx: Context, stem: Path) -> dict[str
     keep_logs(ctx.keep, stem)
     if proc.code != 0:
         return {**failure(proc, "train"), "cmd": shlex.join(cmd)}
-    result = json.loads(last_line(proc.stdout))
+    result = json.loads(last_line(proc.stdout, limit=None))
     scoring = result.get("eval_seconds") or 0.0
     prefix = "eval_" if prep.dev is not None else ""
     return {"ok": True, "accuracy": result[f"{prefix}accuracy"], "macro_f1": result[f"{prefix}macro_f1"],
