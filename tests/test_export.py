@@ -64,7 +64,7 @@ def test_hf_export_refuses_what_transformers_cannot_express(tmp_path: Path) -> N
         export_hf(scratch, tmp_path / "a")
     folder = _model_folder(tmp_path, "llama")
     cases = {
-        "head has a bias": {},
+        "head has a bias": {"head_bias": True},
         "pools with 'mean'": {"pooling": "mean", "head_bias": False},
         "without the final norm": {"layer": 1, "head_bias": False},
         "prompt": {"prompt": "{text} Verdict:", "head_bias": False},

@@ -13,6 +13,7 @@ from lastpool.cli import main
 from lastpool.config import RunConfig, make_config, resolve_config
 from lastpool.recipes import RECIPE_FIELDS, RECIPES, auto_epochs, recipe, recipe_table
 from tests.conftest import REPO, TINY_FLAGS, TINY_KW, demo_sample, write_csv
+from tests.test_pretrained import llama_folder  # noqa: F401 - a fixture
 
 
 @pytest.mark.parametrize(("model", "mode"), [("scratch", "full"), ("m.gguf", "full"), ("m.gguf", "lora"),
@@ -107,3 +108,15 @@ def test_metrics_hold_the_bag_of_words_baseline(tmp_path: Path) -> None:
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "b"), "-q", "--no-baseline",
                  *TINY_FLAGS]) == 0
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["baseline"] is None
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_default_pretrained_runs_export_to_transformers(tmp_path: Path, llama_folder: Path, mode: str) -> None:  # noqa: F811
+    """No flag but the mode (and a short run): `export --format hf` accepts the result."""
+    texts, labels = demo_sample()
+    data = write_csv(tmp_path / "d.csv", texts, labels)
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(llama_folder), "--data", str(data), "--mode", mode, "--epochs", "1",
+                 "--out", str(run), "-q"]) == 0
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()

@@ -185,6 +185,17 @@ def calibrate(val_logits: np.ndarray, val_y: Sequence[int]) -> tuple[float, dict
     }
 
 
+def _set_up_mode(cfg: RunConfig, model: SequenceClassifier, spec: ModelSpec) -> None:
+    """What trains: LoRA adapters added, or parameters frozen for full / probe / top-N (zeroshot: nothing)."""
+    if cfg.mode == "lora":
+        if not isinstance(spec.backbone, PretrainedBackboneSpec):
+            raise ConfigError("--mode lora needs a pretrained --model (a hub id, folder or .gguf file)")
+        apply_lora(model, spec.backbone.model_type, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        spec.lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+    elif cfg.mode != "zeroshot":
+        freeze_for_mode(model, cfg.mode)
+
+
 def _zero_shot(model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder, val_ids: list[list[int]],
                val_y: list[int]) -> TrainResult:
     """``--mode zeroshot``: no training. The head already holds the label words' output rows; its bias
@@ -281,9 +292,9 @@ class Classifier:
                                                                                cfg.batch_size)})
         self.baseline = (bag_of_words_baseline(train_texts, train_y, val_texts, val_y, names)
                          if cfg.baseline else None)
+        words = label_words(names, cfg.label_names)  # checked before a model loads
         set_seed(cfg.seed)
         backbone, info, tokenizer, tok_type, tok_source = _load_parts(cfg, train_texts, quiet)
-        words = label_words(names, cfg.label_names)
         prompt = auto_prompt(tokenizer, cfg.max_length) if cfg.prompt == AUTO else cfg.prompt
         encoder = TextEncoder(tokenizer, cfg.max_length, prompt)
         with status(f"tokenizing {len(train_texts) + len(val_texts)} texts", quiet):
@@ -301,19 +312,10 @@ class Classifier:
         set_seed(cfg.seed)
         model = build_model(spec, backbone)
         if cfg.head_init == "labels" or cfg.mode == "zeroshot":
-            assert backbone is not None
-            if cfg.mode == "probe":
-                raise ConfigError("--head-init labels does not apply to --mode probe (its head reads "
-                                  "standardized features, not the LM's hidden states)")
+            assert backbone is not None  # _load_parts refuses both for scratch models
             with torch.no_grad():
                 model.head.weight.copy_(label_rows(output_embeddings(backbone, cfg.model), tokenizer, words))
-        if cfg.mode == "lora":
-            if not isinstance(spec.backbone, PretrainedBackboneSpec):
-                raise ConfigError("--mode lora needs a pretrained --model (a hub id, folder or .gguf file)")
-            apply_lora(model, spec.backbone.model_type, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
-            spec.lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
-        elif cfg.mode != "zeroshot":
-            freeze_for_mode(model, cfg.mode)
+        _set_up_mode(cfg, model, spec)
         trainer = Trainer(cfg, encoder.pad_token_id, names, quiet=quiet, precision=spec.precision,
                           checkpoints=checkpoints, resume=resume)
         if cfg.mode == "zeroshot":

@@ -135,6 +135,11 @@ class RunConfig(BaseModel):
         if self.mode in ("probe", "zeroshot") and not self.head_bias:
             raise ValueError(f"--mode {self.mode} needs the head bias (it holds the feature standardization "
                              "or the calibration)")
+        if self.head_init == "labels" and self.mode == "probe":
+            raise ValueError("head_init labels does not apply to mode probe (its head reads standardized "
+                             "features, not the LM's hidden states)")
+        if self.mode == "zeroshot" and self.layer is not None:
+            raise ValueError("mode zeroshot reads the LM's own output after its last block: drop --layer")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels contain duplicates")
         if self.save_every is not None and self.keep_checkpoints == 0:
