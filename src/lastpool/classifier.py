@@ -203,10 +203,8 @@ def _zero_shot(model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder,
     model.eval()
     runner = bf16_copy(model) if spec.precision == "bf16" else model
     content_free = [ids for ids in encoder.encode(list(CONTENT_FREE)) if ids]
-    with torch.no_grad():
-        assert model.head.bias is not None  # the config requires the head bias for zeroshot
-        model.head.bias.zero_()
-        runner.head.bias.zero_()
+    with torch.no_grad():  # the head bias starts at zero: these are the label words' raw scores
+        assert model.head.bias is not None and runner.head.bias is not None  # the config requires the bias
         logits = predict_logits(runner, content_free, encoder.pad_token_id, spec.padding_side)
         model.head.bias.copy_(content_free_bias(torch.from_numpy(logits)))
         runner.head.bias.copy_(model.head.bias)

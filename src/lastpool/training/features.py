@@ -119,14 +119,6 @@ def extract_features(model: SequenceClassifier, ids: Sequence[list[int]], pad_to
                                max_tokens=max_tokens, on_batch=lambda n: progress.advance(task, n))
 
 
-def cached_features(model: SequenceClassifier, ids: Sequence[list[int]], key: str, pad_token_id: int,
-                    padding_side: str, precision: str, quiet: bool = True,
-                    cache_dir: Path | None = None) -> tuple[torch.Tensor, bool]:
-    """Features from the cache when the key matches, else computed and cached; returns (features, hit)."""
-    return cached_tensor(key, lambda: extract_features(model, ids, pad_token_id, padding_side, precision,
-                                                       quiet=quiet), len(ids), cache_dir)
-
-
 def cached_tensor(key: str, compute: Callable[[], torch.Tensor], rows: int | None = None,
                   cache_dir: Path | None = None) -> tuple[torch.Tensor, bool]:
     """``compute()``'s tensor, kept under ``$LASTPOOL_CACHE/features/<key>``: (tensor, whether it was cached)."""
