@@ -9,7 +9,8 @@ model's own pooled output (for Llama-family models the rotary positions are comp
 forward, so ``inputs_embeds`` is the same input; a family that adds position embeddings there would
 not pass the check).
 
-Data: Financial PhraseBank allagree, lastpool's 10% stratified validation split for ``--seed``.
+Data: Financial PhraseBank allagree, lastpool's 10% stratified validation split for ``--seed``; or
+``--data`` with ``--sample N`` (suite.py's stratified sample) and ``--dev`` (scored on that file).
 Training: float32 (or bf16 autocast with ``--bf16``), AdamW (weight decay 0.01), cosine schedule with
 10% warmup, gradient clipping 1.0, batch 16 of length-sorted shuffled buckets, a bias-free head
 (normal, std 0.02), last-token pooling. Prints one JSON line per run: validation accuracy after each
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pretrained import DEFAULT_MODEL  # benchmarks/ is on sys.path
+from suite import sample_indices
 from torch import nn
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
@@ -161,20 +163,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--dev", default=None, help="score on this file instead of the 10%% validation split")
+    parser.add_argument("--sample", type=int, default=None, help="train on a stratified sample of this many rows "
+                        "(suite.py's sample for the seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (only where the CPU runs bf16 natively)")
     parser.add_argument("--runs", nargs="+", required=True, help="K:L:lr:epochs, e.g. 26:30:3e-4:3")
     args = parser.parse_args()
+    if args.sample is not None and args.dev is None:
+        parser.error("--sample needs --dev (the sample has no validation split of its own)")
     runs = [(int(k), int(last), float(lr), int(ep)) for k, last, lr, ep in (r.split(":") for r in args.runs)]
     table = read_table(args.data)
     assert table.labels is not None
-    train_idx, val_idx = stratified_split(table.labels, 0.1, args.seed)
     labels = LabelSet.from_labels(table.labels)
     encoded = labels.encode(table.labels)
+    texts = list(table.texts)
+    if args.sample is not None:
+        train_idx = sample_indices(table.labels, args.sample, args.seed)
+    else:
+        train_idx, val_idx = stratified_split(table.labels, 0.1, args.seed)
+    if args.dev is not None:
+        dev = read_table(args.dev)
+        assert dev.labels is not None
+        val_idx = list(range(len(texts), len(texts) + len(dev.texts)))
+        texts += dev.texts
+        encoded = encoded + labels.encode(dev.labels)
     backbone, _ = load_backbone(args.model)
     encoder = TextEncoder(load_pretrained_tokenizer(args.model), 128, "{text}")
     order = train_idx + val_idx
-    ids = encoder.encode([table.texts[i] for i in order])
+    ids = encoder.encode([texts[i] for i in order])
     y = [encoded[i] for i in order]
     started = time.perf_counter()
     cache = cache_hidden(backbone.model, ids, encoder.pad_token_id, sorted({k for k, *_ in runs}), args.bf16)
