@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from pretrained import DEFAULT_MODEL  # benchmarks/ is on sys.path
 from suite import sample_indices
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from lastpool.data.labels import LabelSet
@@ -59,15 +60,11 @@ def length_batches(lengths: Sequence[int], size: int, rng: np.random.Generator |
     return chunks
 
 
-def pad_rows(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad [T_i, ...] rows into [B, T, ...] plus the attention mask."""
-    width = max(r.shape[0] for r in rows)
-    out = torch.zeros((len(rows), width, *rows[0].shape[1:]), dtype=rows[0].dtype)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        out[j, : r.shape[0]] = r
-        mask[j, : r.shape[0]] = 1
-    return out, mask
+def pad_rows(rows: Sequence[torch.Tensor], value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad [T_i, ...] rows (token ids or hidden states) into [B, T, ...] plus the attention mask."""
+    lengths = torch.tensor([r.shape[0] for r in rows])
+    mask = (torch.arange(int(lengths.max())) < lengths[:, None]).long()
+    return pad_sequence(list(rows), batch_first=True, padding_value=value), mask
 
 
 def blocks_between(base: PreTrainedModel, first: int, last: int) -> PreTrainedModel:
@@ -92,8 +89,7 @@ def cache_hidden(base: PreTrainedModel, ids: Sequence[list[int]], pad: int, at: 
     cache: dict[int, list[torch.Tensor]] = {k: [torch.empty(0)] * len(ids) for k in at}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
         for batch in length_batches([len(x) for x in ids], 64, None):
-            input_ids, mask = pad_rows([torch.tensor(ids[i]) for i in batch])
-            input_ids[mask == 0] = pad
+            input_ids, mask = pad_rows([torch.tensor(ids[i]) for i in batch], pad)
             out = lower(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
                         output_hidden_states=True, use_cache=False)
             for k in at:
@@ -104,25 +100,24 @@ def cache_hidden(base: PreTrainedModel, ids: Sequence[list[int]], pad: int, at: 
 
 def check_reproduces(base: PreTrainedModel, top: PreTrainedModel, hidden: list[torch.Tensor],
                      ids: Sequence[list[int]], pad: int, last: int) -> float:
-    """Max abs difference, over 8 texts, between the top blocks on cached states and the model itself."""
-    whole = blocks_between(base, 0, last)
-    input_ids, mask = pad_rows([torch.tensor(x) for x in ids[:8]])
-    input_ids[mask == 0] = pad
+    """Max abs difference, over 8 texts, between the top blocks on cached states and the model itself
+    (its hidden states after block ``last``: raw below the top, normed at the top, as ``top`` returns)."""
+    input_ids, mask = pad_rows([torch.tensor(x) for x in ids[:8]], pad)
     positions = position_ids_from_mask(mask)
     with torch.no_grad():
-        ref = pool(whole(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         use_cache=False).last_hidden_state,
-                   mask, "last")
+        states = base(input_ids=input_ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
+                      use_cache=False).hidden_states
+        ref = pool(states[last], mask, "last")
         x, _ = pad_rows(hidden[:8])
         got = pool(top(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state,
                    mask, "last")
     return float((got - ref).abs().max())
 
 
-def train_top(base: PreTrainedModel, hidden: list[torch.Tensor], n_train: int, y: Sequence[int], n_labels: int,
+def train_top(top: PreTrainedModel, hidden: list[torch.Tensor], n_train: int, y: Sequence[int], n_labels: int,
               first: int, last: int, lr: float, epochs: int, bf16: bool, seed: int) -> dict[str, object]:
-    """Train blocks ``first+1..last`` and a head on the cached states; accuracy on rows ``n_train:`` per epoch."""
-    top = blocks_between(base, first, last)
+    """Train ``top`` (blocks ``first+1..last``, from ``blocks_between``) and a head on the cached states;
+    accuracy on rows ``n_train:`` per epoch."""
     top.config._attn_implementation = "eager"
     torch.manual_seed(seed)
     head = nn.Linear(top.config.hidden_size, n_labels, bias=False)
@@ -200,7 +195,7 @@ def main() -> None:
         top = blocks_between(backbone.model, first, last)
         diff = check_reproduces(backbone.model, top, cache[first], ids, encoder.pad_token_id, last)
         print(json.dumps({"K": first, "L": last, "check_max_abs_diff": diff}), flush=True)
-        print(json.dumps(train_top(backbone.model, cache[first], len(train_idx), y, len(labels.names), first, last,
+        print(json.dumps(train_top(top, cache[first], len(train_idx), y, len(labels.names), first, last,
                                    lr, epochs, args.bf16, args.seed)), flush=True)
 
 
