@@ -333,7 +333,7 @@ def test_bad_eval_data_for_train(capsys: pytest.CaptureFixture[str], trained_run
         pytest.param(["--weight-decay", "inf"], "weight_decay", id="inf-weight-decay"),
         pytest.param(["--warmup", "inf"], "warmup", id="inf-warmup"),
         pytest.param(["--layer", "auto"], "--layer applies to pretrained models", id="layer-auto-on-scratch"),
-        pytest.param(["--layer", "middle"], "positive whole number or auto", id="layer-not-a-number"),
+        pytest.param(["--layer", "half"], "positive whole number, auto or middle", id="layer-not-a-number"),
         pytest.param(["--epochs", "many"], "positive whole number or auto", id="epochs-not-a-number"),
         pytest.param(["--patience", "0"], "patience", id="zero-patience"),
         pytest.param(["--mode", "zeroshot"], "needs a pretrained --model", id="zeroshot-on-scratch"),

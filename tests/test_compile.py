@@ -59,8 +59,8 @@ def test_a_compiler_failure_is_one_clear_error(llama_folder: Path, tmp_path: Pat
     csv = data / "train.csv"
     csv.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in zip(texts, labels, strict=True)))
     line = run_fail(capsys, data, "train", "--data", str(csv), "--model", str(llama_folder), "--compile",
-                    "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--precision", "fp32",
-                    "--out", str(tmp_path / "run"), "--quiet")
+                    "--mode", "full", "--epochs", "1", "--batch-size", "16", "--max-length", "32",
+                    "--precision", "fp32", "--out", str(tmp_path / "run"), "--quiet")
     assert "--compile" in line and "without --compile" in line
     assert not (tmp_path / "run").exists()
     torch._dynamo.reset()

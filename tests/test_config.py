@@ -34,6 +34,7 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "padding_side": ("left", "left"),
     "prompt": ("Text: {text} Label:", "Text: {text} Label:"),
     "layer": ("5", 5),
+    "final_norm": ("--final-norm", True),
     "model": ("some/model", "some/model"),
     "trust_remote_code": (None, True),  # a switch
     "grad_checkpointing": (None, True),  # a switch
@@ -126,8 +127,9 @@ def test_every_flag_reaches_its_field(monkeypatch: pytest.MonkeyPatch, tmp_path:
         cfg = resolved.pop()
         assert getattr(cfg, name) == value, name
         changed = {k for k in SETTINGS if getattr(cfg, k) != getattr(defaults, k)}
-        # A pretrained model brings its recipe: the settings left unset follow the table's row.
-        follows = set(RECIPE_FIELDS) if name == "model" else set()
+        # A pretrained model brings its default mode and that mode's recipe: the settings left unset follow
+        # the table's row.
+        follows = {*RECIPE_FIELDS, "mode"} if name == "model" else set()
         assert changed <= {name, "d_model"} | follows, (name, changed)
         assert name not in cfg.from_recipe
 

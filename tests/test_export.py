@@ -29,6 +29,8 @@ def test_hf_export_matches_in_transformers_and_pipeline(tmp_path: Path, family: 
     texts, labels = demo_sample()
     clf = Classifier(model=str(_model_folder(tmp_path, family)), head_bias=False, **TINY).fit(texts, labels)
     assert clf.spec is not None and clf.spec.temperature != 1.0  # the calibration must survive the export
+    # The default mode's model: the first half of the blocks and the final norm, a family model of 1 block.
+    assert clf.spec.backbone.layer == 1 and clf.spec.backbone.final_norm  # type: ignore[union-attr]
     out = export_hf(clf, tmp_path / "hf")
     hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     assert hf.config.id2label == dict(enumerate(clf.labels))
@@ -66,7 +68,7 @@ def test_hf_export_refuses_what_transformers_cannot_express(tmp_path: Path) -> N
     cases = {
         "head has a bias": {"head_bias": True},
         "pools with 'mean'": {"pooling": "mean", "head_bias": False},
-        "without the final norm": {"layer": 1, "head_bias": False},
+        "without the final norm": {"layer": 1, "final_norm": False, "head_bias": False},
         "prompt": {"prompt": "{text} Verdict:", "head_bias": False},
     }
     for message, overrides in cases.items():

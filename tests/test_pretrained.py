@@ -165,7 +165,8 @@ def test_top_n_trains_last_blocks_norm_and_head(llama_folder: Path) -> None:
     from lastpool.training.features import freeze_for_mode
 
     texts, labels = demo_sample()
-    clf = Classifier(model=str(llama_folder), **{**TINY, "mode": "top-1", "max_steps": 1}).fit(texts, labels)
+    clf = Classifier(model=str(llama_folder), **{**TINY, "mode": "top-1", "layer": None, "max_steps": 1}
+                     ).fit(texts, labels)
     assert clf.model is not None
     trainable = {n for n, p in clf.model.named_parameters() if p.requires_grad}
     assert any(n.startswith("backbone.model.layers.1.") for n in trainable)

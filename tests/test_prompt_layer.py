@@ -117,6 +117,14 @@ def test_layer_model_saves_and_loads_identically(tmp_path: Path, mode: str,
     assert np.array_equal(loaded.predict_proba(texts[:8]), clf.predict_proba(texts[:8]))
 
 
+def test_layer_middle_cuts_the_model_at_half_its_depth(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path, "llama")  # 2 blocks
+    texts, labels = demo_sample()
+    clf = Classifier(model=str(folder), layer="middle", mode="full", **TINY).fit(texts, labels)
+    assert clf.spec is not None and clf.spec.backbone.layer == 1  # type: ignore[union-attr]
+    assert clf.config.layer == "middle"  # the config keeps what was asked; the model folder says the block
+
+
 def test_layer_needs_a_pretrained_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     texts, labels = demo_sample()
     data = write_csv(tmp_path / "d.csv", texts, labels)

@@ -120,3 +120,14 @@ def test_default_pretrained_runs_export_to_transformers(tmp_path: Path, llama_fo
                  "--out", str(run), "-q"]) == 0
     assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_no_mode_means_the_kinds_default_mode_and_the_user_mode_wins() -> None:
+    scratch, pretrained = make_config({}), make_config({"model": "m.gguf"})
+    assert scratch.mode == "full" and pretrained.mode == "top-4"
+    assert "mode" in scratch.from_recipe and "mode" in pretrained.from_recipe
+    assert pretrained.lr == RECIPES[("pretrained", "top")]["lr"]  # the default mode's own row
+    chosen = make_config({"model": "m.gguf", "mode": "full"})
+    assert chosen.mode == "full" and "mode" not in chosen.from_recipe
+    # A mode that came from the table is re-resolved when the model changes.
+    assert Classifier(config=scratch, model="m.gguf").config.mode == "top-4"

@@ -18,17 +18,18 @@ import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
-from lastpool.config import AUTO, RunConfig, make_config, without_recipe
+from lastpool.config import AUTO, MIDDLE, RunConfig, make_config, without_recipe
 from lastpool.data.batching import EncodedDataset
 from lastpool.data.labels import LabelSet
 from lastpool.data.split import stratified_split
+from lastpool.distributed import under_launcher
 from lastpool.errors import ConfigError, DataError, ModelLoadError
 from lastpool.evaluation.baseline import bag_of_words_baseline
 from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.evaluation.model_card import model_card
 from lastpool.fileio import staged_dir
-from lastpool.models.backbones import HFBackbone, load_backbone, truncate_backbone
+from lastpool.models.backbones import HFBackbone, decoder_blocks, load_backbone, middle_block, truncate_backbone
 from lastpool.models.classifier_model import (
     SPEC_FILE,
     LoraSpec,
@@ -62,6 +63,7 @@ from lastpool.training.features import (
 from lastpool.training.inference import bf16_copy, predict_logits, softmax
 from lastpool.training.layer_search import best_layer, pooled_every_layer, score_layers
 from lastpool.training.trainer import Trainer, TrainResult, evaluate_logits
+from lastpool.training.upper_blocks import HiddenStates, UpperBlocks, cache_fits, hidden_after, reproduces
 
 
 def resolve_model_folder(path: str | Path) -> Path:
@@ -142,7 +144,7 @@ def _spec(cfg: RunConfig, label_names: list[str], backbone: HFBackbone | None, i
     if backbone is not None:
         backbone_spec = PretrainedBackboneSpec(
             source=cfg.model, kind=info["kind"], model_type=info["model_type"], sha256=info.get("sha256"),
-            config=info["config"], layer=layer,
+            config=info["config"], layer=layer, final_norm=cfg.final_norm and layer is not None,
         )
     else:
         backbone_spec = ScratchBackboneSpec(
@@ -237,6 +239,8 @@ class Classifier:
         self.baseline: dict[str, Any] | None = None  # the bag-of-words baseline on the same split
         self.layer_scores: list[float] | None = None  # --layer auto: cross-validated probe score per block
         self.chosen_layer: int | None = None
+        self.lower_blocks_cached: int | None = None  # top-N: frozen blocks run once, their output cached
+        self.cache_note: str | None = None  # top-N: why the frozen blocks ran in every epoch instead
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -303,9 +307,13 @@ class Classifier:
             assert backbone is not None  # _load_parts refuses --layer for scratch models
             layer, layer_features = self._choose_layer(cfg, backbone, info, encoder, train_ids, val_ids, train_y,
                                                        quiet)
+        elif cfg.layer == MIDDLE:
+            assert backbone is not None
+            layer = middle_block(backbone)
+            truncate_backbone(backbone, layer, keep_norm=cfg.final_norm)
         elif layer is not None:
             assert backbone is not None
-            truncate_backbone(backbone, layer)
+            truncate_backbone(backbone, layer, keep_norm=cfg.final_norm)
         spec = _spec(cfg, names, backbone, info, encoder, tok_type, tok_source, layer)
         set_seed(cfg.seed)
         model = build_model(spec, backbone)
@@ -330,7 +338,15 @@ class Classifier:
                                       FeatureDataset(standardized[n:], val_y))
             fold_standardization(model.head, mean, std)
         else:
-            self.result = trainer.fit(model, EncodedDataset(train_ids, train_y), EncodedDataset(val_ids, val_y))
+            start = self._cached_blocks(cfg, model, spec, encoder, train_ids + val_ids)
+            if start is not None:
+                hidden = hidden_after(model, start, train_ids + val_ids, encoder.pad_token_id, spec.precision,
+                                      quiet=quiet)
+                n = len(train_ids)
+                self.result = trainer.fit(UpperBlocks(model, start), HiddenStates(hidden[:n], train_y, train_ids),
+                                          HiddenStates(hidden[n:], val_y, val_ids))
+            else:
+                self.result = trainer.fit(model, EncodedDataset(train_ids, train_y), EncodedDataset(val_ids, val_y))
         if spec.lora is not None and cfg.merge:
             merge_lora(model)
             spec.lora.merged = True
@@ -370,6 +386,30 @@ class Classifier:
             return None, features
         truncate_backbone(backbone, chosen)
         return chosen, features
+
+    def _cached_blocks(self, cfg: RunConfig, model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder,
+                       all_ids: list[list[int]]) -> int | None:
+        """``--mode top-N``: the number of frozen blocks whose output is computed once and cached
+        (training/upper_blocks.py), or None to train the usual way; ``self.cache_note`` says why not when
+        it could have applied."""
+        self.lower_blocks_cached, self.cache_note = None, None
+        if not cfg.mode.startswith("top-") or not isinstance(model.backbone, HFBackbone):
+            return None
+        start = len(decoder_blocks(model.backbone.model)) - int(cfg.mode.split("-", 1)[1])
+        if start <= 0:
+            return None
+        if cfg.token_dropout > 0:
+            self.cache_note = "token dropout changes the frozen blocks' input every epoch"
+        elif under_launcher():
+            self.cache_note = "several processes train together"
+        elif not cache_fits(all_ids, model.backbone.hidden_size, spec.precision):
+            self.cache_note = "the frozen blocks' hidden states would not fit in memory"
+        elif not reproduces(model, start, all_ids, encoder.pad_token_id, spec.padding_side):
+            self.cache_note = f"cached hidden states do not reproduce this {type(model.backbone.model).__name__}"
+        else:
+            self.lower_blocks_cached = start
+            return start
+        return None
 
     def _probe_features(self, cfg: RunConfig, model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder,
                         all_ids: list[list[int]], quiet: bool) -> torch.Tensor:

@@ -50,6 +50,16 @@ def _int_or_auto(value: str | None) -> str | None:
     raise typer.BadParameter(f"expected a positive whole number or auto, got {value!r}")
 
 
+def _layer_value(value: str | None) -> str | None:
+    """``--layer``: a positive whole number, ``auto`` or ``middle`` (checked as a usage error)."""
+    if value == "middle":
+        return value
+    try:
+        return _int_or_auto(value)
+    except typer.BadParameter:
+        raise typer.BadParameter(f"expected a positive whole number, auto or middle, got {value!r}") from None
+
+
 def _labels_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -79,8 +89,9 @@ def train(
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="run a hub model's own code [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
     grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="recompute activations to save memory [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each decoder block for training: faster steps on CPU after a one-off compile (~20 s; ~5 s once cached); needs a C++ compiler [off]", rich_help_panel=OPT)] = None,  # noqa: E501
-    layer: Annotated[str | None, typer.Option(callback=_int_or_auto, help="pretrained: pool the hidden states after block N; later blocks and the final norm are dropped; auto: the block a cross-validated linear probe scores best on the training split (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
-    mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features), top-N (train the last N blocks) or zeroshot (no training: the LM's scores for the label words, calibrated) [full]", rich_help_panel=OPT)] = None,  # noqa: E501
+    layer: Annotated[str | None, typer.Option(callback=_layer_value, help="pretrained: pool the hidden states after block N; later blocks and the final norm are dropped; auto: the block a cross-validated linear probe scores best on the training split; middle: the block at half the model's depth (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
+    final_norm: Annotated[bool | None, typer.Option("--final-norm/--no-final-norm", help="with --layer N or middle: keep the final norm after that block, so the model is the family with N blocks (export --format hf accepts it) (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
+    mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features), top-N (train the last N blocks; the frozen ones run once) or zeroshot (no training: the LM's scores for the label words, calibrated) [auto: full for scratch, top-4 for a pretrained model]", rich_help_panel=OPT)] = None,  # noqa: E501
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank (recipe default)", rich_help_panel=OPT)] = None,
     lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (recipe default)", rich_help_panel=OPT)] = None,
     lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout [0]", rich_help_panel=OPT)] = None,
@@ -178,6 +189,11 @@ def train(
     if quiet:
         print(summary)
     else:
+        if clf.lower_blocks_cached is not None:
+            err.print(f"{cfg.mode}: blocks 1-{clf.lower_blocks_cached} ran once; the top blocks trained on their "
+                      "cached hidden states")
+        elif clf.cache_note is not None:
+            err.print(f"{cfg.mode}: the frozen blocks ran in every epoch ({clf.cache_note})")
         if clf.calibration is not None:
             c = clf.calibration
             err.print(f"calibration: temperature {c['temperature']:.3f}, validation ECE {c['ece_before']:.4f} -> "

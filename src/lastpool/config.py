@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lastpool.errors import ConfigError
 from lastpool.models.pooling import PoolingName
-from lastpool.recipes import recipe
+from lastpool.recipes import default_mode, recipe
 
 AUTO = "auto"
+MIDDLE = "middle"  # --layer middle: the block at half the depth
 RECORDS = frozenset({"from_recipe"})  # fields that record how a config was resolved: no flag sets them
 
 
@@ -57,10 +58,14 @@ class RunConfig(BaseModel):
     trust_remote_code: bool = Field(default=False, description="allow a hub model's own Python code")
     grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory")
     compile: bool = Field(default=False, description="torch.compile each decoder block for training")
-    layer: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
-        default=None, description="pretrained: pool the hidden states after this block (later ones dropped), or auto")
-    mode: str = Field(default="full", pattern=r"^(full|lora|probe|zeroshot|top-[1-9][0-9]*)$",
-                      description="full, lora, probe (frozen backbone, head on cached features), top-N or zeroshot")
+    layer: Annotated[int, Field(ge=1)] | Literal["auto", "middle"] | None = Field(
+        default=None, description="pretrained: pool the hidden states after this block (later ones dropped), "
+                                  "auto (chosen by a linear probe) or middle (half the model's depth)")
+    final_norm: bool = Field(default=False, description="with --layer N or middle: keep the final norm after "
+                             "that block (a model of N blocks, which export --format hf accepts)")
+    mode: str = Field(default="auto", pattern=r"^(auto|full|lora|probe|zeroshot|top-[1-9][0-9]*)$",
+                      description="full, lora, probe (frozen backbone, head on cached features), top-N or zeroshot; "
+                                  "auto: the model kind's default mode")
     lora_r: int = Field(default=8, ge=1, description="LoRA rank")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator")
     # 0, as in peft: on a CPU the random masks of 0.05 cost a third of a LoRA step (210 adapted projections
@@ -117,7 +122,11 @@ class RunConfig(BaseModel):
         """Unset recipe settings take the value of the (model kind, mode) row."""
         if not isinstance(values, dict):
             return values
-        row = recipe(str(values.get("model", "scratch")), str(values.get("mode", "full")))
+        model = str(values.get("model", "scratch"))
+        if values.get("mode", AUTO) == AUTO:  # the mode first: the row depends on it
+            values = {**values, "mode": default_mode(model),
+                      "from_recipe": sorted({*values.get("from_recipe", []), "mode"})}
+        row = recipe(model, str(values["mode"]))
         filled = [name for name in row if name not in values]
         if not filled:
             return values
@@ -138,6 +147,9 @@ class RunConfig(BaseModel):
         if self.head_init == "labels" and self.mode == "probe":
             raise ValueError("head_init labels does not apply to mode probe (its head reads standardized "
                              "features, not the LM's hidden states)")
+        if self.final_norm and self.layer == AUTO:
+            raise ValueError("final_norm works with --layer N or middle, not auto (the layer search scores the "
+                             "blocks' raw output)")
         if self.mode == "zeroshot" and self.layer is not None:
             raise ValueError("mode zeroshot reads the LM's own output after its last block: drop --layer")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):

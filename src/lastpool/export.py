@@ -75,7 +75,7 @@ def hf_refusal(clf: Classifier) -> str | None:
     if spec.pooling != "last":
         return (f"transformers' *ForSequenceClassification pools the last token; this model pools with "
                 f"{spec.pooling!r}: use --format onnx")
-    if spec.backbone.layer is not None:
+    if spec.backbone.layer is not None and not spec.backbone.final_norm:
         return ("this model pools block "
                 f"{spec.backbone.layer} without the final norm (--layer); transformers always runs every block "
                 "and the final norm: use --format onnx")

@@ -30,7 +30,10 @@ _FINE_TUNE: dict[str, Any] = {
 RECIPES: dict[tuple[Kind, str], dict[str, Any]] = {
     ("scratch", "full"): SCRATCH,
     ("pretrained", "full"): {**_FINE_TUNE, "lr": 5e-5},
-    ("pretrained", "top"): {**_FINE_TUNE, "lr": 1e-4},
+    # The default for a pretrained model: its top 4 blocks at half its depth, trained on the cached hidden
+    # states of the frozen blocks below (training/upper_blocks.py), and the final norm kept after them so
+    # that the model is the family at half its depth, which transformers runs (export --format hf).
+    ("pretrained", "top"): {**_FINE_TUNE, "lr": 3e-4, "layer": "middle", "final_norm": True},
     ("pretrained", "lora"): {**_FINE_TUNE, "lr": 1e-3, "lora_r": 16, "lora_alpha": 32, "weight_decay": 0.0},
     # The head alone on cached features: many cheap epochs; probe heads keep their bias (the features'
     # standardization folds into it).
@@ -41,6 +44,14 @@ RECIPES: dict[tuple[Kind, str], dict[str, Any]] = {
     ("pretrained", "zeroshot"): {"max_length": 128, "head_bias": True, "prompt": "auto", "head_init": "labels"},
 }
 RECIPE_FIELDS = sorted({name for row in RECIPES.values() for name in row})
+
+
+# ``--mode auto`` (the default): what a run of each model kind trains when no mode is given.
+DEFAULT_MODES: dict[Kind, str] = {"scratch": "full", "pretrained": "top-4"}
+
+
+def default_mode(model: str) -> str:
+    return DEFAULT_MODES[kind_of(model)]
 
 
 def kind_of(model: str) -> Kind:

@@ -97,6 +97,9 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
         "train_samples_per_second": result.train_samples_per_second,
         "baseline": getattr(clf, "baseline", None),  # bag-of-words baseline on the same splits, or None
         "layer_scores": getattr(clf, "layer_scores", None),  # --layer auto: probe accuracy per block, or None
+        # top-N: how many frozen blocks ran once (their hidden states cached), or why they ran every epoch
+        "lower_blocks_cached": getattr(clf, "lower_blocks_cached", None),
+        "cache_note": getattr(clf, "cache_note", None),
         "data": data or {},
     }
 

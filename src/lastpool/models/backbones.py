@@ -18,6 +18,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +53,19 @@ class HFBackbone(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Hidden states from token ids, or from ``inputs_embeds`` (what the first block it runs reads:
+        the embeddings, or inside ``running_blocks`` the hidden states of the block below)."""
         # use_cache=False: a classifier runs one pass per batch; a KV cache only costs memory.
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
             use_cache=False,
             return_dict=True,
         )
@@ -96,6 +102,34 @@ def block_list(model: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
+@contextmanager
+def running_blocks(backbone: HFBackbone, start: int, stop: int) -> Iterator[None]:
+    """Inside: the backbone runs blocks ``start+1..stop`` only (the same modules, nothing copied) and
+    returns the raw hidden states after block ``stop`` (the final norm only when ``stop`` is its top
+    block). Below ``start > 0`` it must be fed ``inputs_embeds``: the hidden states after block ``start``.
+
+    Whether a family's forward pass allows this (it adds nothing but the blocks to ``inputs_embeds``)
+    is for the caller to check: GPT-2 adds its position embeddings there, Gemma scales the input."""
+    base = backbone.model
+    blocks = decoder_blocks(base)
+    if not 0 <= start < stop <= len(blocks):
+        raise ValueError(f"blocks {start + 1}..{stop} are not within the model's {len(blocks)}")
+    stack = next(name for name, child in base.named_children() if child is blocks)
+    norm = None
+    if stop < len(blocks) and not any(isinstance(child, nn.Identity) for child in base.children()):
+        norm = final_norm_name(base)  # (a backbone cut by --layer already has an identity there)
+    final = getattr(base, norm) if norm is not None else None
+    setattr(base, stack, nn.ModuleList(list(blocks)[start:stop]))
+    if norm is not None:
+        setattr(base, norm, nn.Identity())
+    try:
+        yield
+    finally:
+        setattr(base, stack, blocks)
+        if norm is not None:
+            setattr(base, norm, final)
+
+
 def final_norm_name(base: nn.Module) -> str:
     """Attribute name of the norm after the last block (``norm``, ``ln_f``, ``final_layer_norm``...):
     the one child with weights that is neither an embedding nor the block stack."""
@@ -128,10 +162,18 @@ def num_blocks(config: PretrainedConfig) -> int:
     raise ModelLoadError(f"cannot tell the number of layers of a {config.model_type!r} model from its config")
 
 
-def truncate_backbone(backbone: HFBackbone, layer: int) -> HFBackbone:
+def middle_block(backbone: HFBackbone) -> int:
+    """``--layer middle``: the block at half the model's depth (rounded up), e.g. 15 of 30."""
+    return (len(decoder_blocks(backbone.model)) + 1) // 2
+
+
+def truncate_backbone(backbone: HFBackbone, layer: int, keep_norm: bool = False) -> HFBackbone:
     """Keep blocks 1..``layer`` and drop the final norm, so the backbone returns the raw hidden states
     after block ``layer``. Middle layers of a pretrained decoder often classify better than the last
-    (which is shaped for next-token prediction), and the dropped blocks cost nothing to run."""
+    (which is shaped for next-token prediction), and the dropped blocks cost nothing to run.
+
+    ``keep_norm``: keep the final norm after block ``layer``; the backbone is then exactly the model
+    family with ``layer`` blocks, which transformers can run (``export --format hf``)."""
     base = backbone.model
     blocks = decoder_blocks(base)
     if not 1 <= layer <= len(blocks):
@@ -139,7 +181,8 @@ def truncate_backbone(backbone: HFBackbone, layer: int) -> HFBackbone:
     norm = final_norm_name(base)
     del blocks[layer:]
     base.config = truncated_config(base.config, layer) if num_blocks(base.config) != layer else base.config
-    setattr(base, norm, nn.Identity())
+    if not keep_norm:
+        setattr(base, norm, nn.Identity())
     return backbone
 
 

@@ -61,6 +61,7 @@ class PretrainedBackboneSpec(BaseModel):
     sha256: str | None = None
     config: dict[str, Any]
     layer: int | None = Field(default=None, ge=1)  # pool after this block; later blocks and final norm dropped
+    final_norm: bool = False  # with ``layer``: the final norm kept after that block (a model of ``layer`` blocks)
 
 
 BackboneSpec = Annotated[ScratchBackboneSpec | PretrainedBackboneSpec, Field(discriminator="type")]
@@ -134,15 +135,19 @@ class SequenceClassifier(nn.Module):
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One vector per row: the backbone's hidden states reduced by the pooler."""
+    def pooled(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """One vector per row: the backbone's hidden states reduced by the pooler. ``inputs_embeds``
+        instead of ids: what the backbone's first block reads (training/upper_blocks.py feeds it cached
+        hidden states)."""
         position_ids = position_ids_from_mask(attention_mask)
         index = pooled_index(attention_mask, self.pooler.method)  # once, for the MLP hooks and the pooler
         selecting: AbstractContextManager[None] = nullcontext()
         if self.pooled_mlp is not None:
-            selecting = self.pooled_mlp.selecting(index, input_ids.shape[1])
+            selecting = self.pooled_mlp.selecting(index, attention_mask.shape[1])
+        embeds = {} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}  # (HF backbones only)
         with selecting:
-            hidden = self.backbone(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            hidden = self.backbone(input_ids, attention_mask=attention_mask, position_ids=position_ids, **embeds)
         return self.pooler(hidden, attention_mask, index)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -161,7 +166,8 @@ def build_backbone(spec: ScratchBackboneSpec | PretrainedBackboneSpec) -> GPTBac
         raise ModelLoadError(f"unknown or unsupported model_type {model_type!r} in {SPEC_FILE} ({exc})") from None
     if spec.layer is None:
         return backbone_from_config(config)
-    return truncate_backbone(backbone_from_config(truncated_config(config, spec.layer)), spec.layer)
+    return truncate_backbone(backbone_from_config(truncated_config(config, spec.layer)), spec.layer,
+                             keep_norm=spec.final_norm)
 
 
 def build_model(spec: ModelSpec, backbone: nn.Module | None = None) -> SequenceClassifier:
@@ -269,7 +275,7 @@ def _load_lora(folder: Path, spec: ModelSpec, state: dict[str, torch.Tensor]) ->
             f"but the adapter was trained on {base.sha256}"
         )
     if base.layer is not None:
-        truncate_backbone(backbone, base.layer)
+        truncate_backbone(backbone, base.layer, keep_norm=base.final_norm)
     model = build_model(spec, backbone)
     apply_lora(model, base.model_type, r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout)
     load_trainable_state(model, state)

@@ -55,6 +55,11 @@ from lastpool.training.inference import predict_logits, softmax
 from lastpool.training.precision import MasterWeights, attention_for_training
 from lastpool.training.sharding import full_optimizer_state, full_trainable_state, shard, shard_optimizer_state
 from lastpool.training.signals import StopRequests
+from lastpool.training.upper_blocks import HiddenCollator, HiddenStates, predict_hidden
+
+# What a run trains on: token ids (the model), pooled features (a probe's head) or hidden states after the
+# frozen blocks (top-N's upper blocks, training/upper_blocks.py).
+TrainData = EncodedDataset | FeatureDataset | HiddenStates
 
 
 @dataclass
@@ -160,9 +165,9 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.console = console or Console(stderr=True, soft_wrap=True)
 
-    def fit(self, model: nn.Module, train: EncodedDataset | FeatureDataset,
-            val: EncodedDataset | FeatureDataset) -> TrainResult:
-        """Train ``model`` on token ids, or (a probe) a head on precomputed pooled features."""
+    def fit(self, model: nn.Module, train: TrainData, val: TrainData) -> TrainResult:
+        """Train ``model`` on token ids, or (a probe) a head on precomputed pooled features, or (top-N)
+        the upper blocks on cached hidden states; ``model`` takes the collated batch as keywords."""
         # bf16 is handled here rather than by Accelerator(mixed_precision=...): Accelerate's process-wide
         # state cannot change precision between two fits in one process, and its autocast re-casts every
         # weight in every pass. bf16 trains the model's own weights in bf16 with float32 masters
@@ -183,8 +188,8 @@ class Trainer:
             if master is not None:
                 master.restore()
 
-    def _fit(self, accelerator: Accelerator, model: nn.Module, train: EncodedDataset | FeatureDataset,
-             val: EncodedDataset | FeatureDataset, master: MasterWeights | None) -> TrainResult:
+    def _fit(self, accelerator: Accelerator, model: nn.Module, train: TrainData, val: TrainData,
+             master: MasterWeights | None) -> TrainResult:
         cfg = self.config
         world, rank = accelerator.num_processes, accelerator.process_index
         if cfg.batch_size < world:
@@ -192,8 +197,9 @@ class Trainer:
                               f"number of processes ({world})")
         on_features = isinstance(train, FeatureDataset)
         sampler = LengthBucketSampler(train.lengths, cfg.batch_size, seed=cfg.seed, shuffle=True, min_batch=world)
-        collate: Any = collate_features if on_features else TokenDropoutCollator(
-            self.pad_token_id, cfg.padding_side, rate=cfg.token_dropout, seed=cfg.seed)
+        collate: Any = (collate_features if on_features else HiddenCollator(cfg.padding_side)
+                        if isinstance(train, HiddenStates) else TokenDropoutCollator(
+                            self.pad_token_id, cfg.padding_side, rate=cfg.token_dropout, seed=cfg.seed))
         if not isinstance(cfg.epochs, int):
             raise ConfigError("epochs auto must be resolved from the data before training (Classifier.fit does)")
         epochs = cfg.epochs
@@ -261,8 +267,7 @@ class Trainer:
                         last = world == 1 or fsdp or j == len(group) - 1
                         syncing: Any = nullcontext() if last else model.no_sync()  # type: ignore[operator]
                         with syncing:
-                            logits = (model(batch["features"]) if on_features
-                                      else model(batch["input_ids"], batch["attention_mask"]))
+                            logits = model(**{k: v for k, v in batch.items() if k != "labels"})
                             summed = F.cross_entropy(logits.float(), batch["labels"],
                                                      label_smoothing=cfg.label_smoothing, reduction="sum")
                             # The mean over the whole step's rows, on all processes together (DDP averages
@@ -370,8 +375,7 @@ class Trainer:
             if p.requires_grad:
                 p.copy_(state[name])
 
-    def _fingerprint(self, train: EncodedDataset | FeatureDataset, val: EncodedDataset | FeatureDataset,
-                     world: int) -> dict[str, Any]:
+    def _fingerprint(self, train: TrainData, val: TrainData, world: int) -> dict[str, Any]:
         """What a checkpoint must match to be resumed: the configuration, the data and the process count."""
         config = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in RUN_CONTROL_FIELDS}
         if isinstance(train, FeatureDataset) and isinstance(val, FeatureDataset):
@@ -379,7 +383,7 @@ class Trainer:
             digest.update(repr((train.labels, val.labels)).encode())
             data = digest.hexdigest()
         else:
-            assert isinstance(train, EncodedDataset) and isinstance(val, EncodedDataset)
+            assert not isinstance(train, FeatureDataset) and not isinstance(val, FeatureDataset)
             data = data_fingerprint(train.ids, train.labels, val.ids, val.labels)
         return {"config": config, "data": data, "processes": world, "precision": self.precision}
 
@@ -493,7 +497,7 @@ class Trainer:
                                f"step was not applied; {kept}. Lower --lr, or check the data and --precision.",
                                exit_code=3)
 
-    def _evaluate(self, accelerator: Accelerator, model: nn.Module, val: EncodedDataset | FeatureDataset,
+    def _evaluate(self, accelerator: Accelerator, model: nn.Module, val: TrainData,
                   sharded: bool = False) -> tuple[dict[str, Any], np.ndarray]:
         """Validation logits in the data's order, each example predicted exactly once: with several
         processes each predicts every N-th example and the rows are gathered back. A sharded (FSDP) model
@@ -505,6 +509,8 @@ class Trainer:
             with torch.inference_mode():
                 features = val.features[mine].to(next(model.parameters()).device)
                 logits = model(features).float().cpu().numpy()
+        elif isinstance(val, HiddenStates):
+            logits = predict_hidden(model, val, mine, self.config.padding_side)
         else:
             logits = predict_logits(model, [val.ids[i] for i in mine], self.pad_token_id, self.config.padding_side,
                                     precision=self.precision)
