@@ -307,12 +307,9 @@ class Classifier:
             assert backbone is not None  # _load_parts refuses --layer for scratch models
             layer, layer_features = self._choose_layer(cfg, backbone, info, encoder, train_ids, val_ids, train_y,
                                                        quiet)
-        elif cfg.layer == MIDDLE:
-            assert backbone is not None
-            layer = middle_block(backbone)
-            truncate_backbone(backbone, layer, keep_norm=cfg.final_norm)
-        elif layer is not None:
-            assert backbone is not None
+        elif layer is not None or cfg.layer == MIDDLE:
+            assert backbone is not None  # _load_parts refuses --layer for scratch models
+            layer = middle_block(backbone) if layer is None else layer
             truncate_backbone(backbone, layer, keep_norm=cfg.final_norm)
         spec = _spec(cfg, names, backbone, info, encoder, tok_type, tok_source, layer)
         set_seed(cfg.seed)
