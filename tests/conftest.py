@@ -44,12 +44,14 @@ torch.set_num_threads(1)
 # A tiny from-scratch configuration for every test that trains, as CLI flags and as Classifier kwargs.
 TINY_FLAGS = [
     "--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--d-ff", "32",
-    "--epochs", "2", "--vocab-size", "300", "--max-length", "32", "--batch-size", "16",
+    "--epochs", "2", "--vocab-size", "300", "--max-length", "32", "--batch-size", "16", "--no-fuse-baseline",
 ]
 TINY_KW: dict[str, Any] = {
     "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "epochs": 2, "vocab_size": 300,
-    "max_length": 32, "batch_size": 16,
+    "max_length": 32, "batch_size": 16, "fuse_baseline": False,
 }
+# The tiny runs test the language model's own behaviour (history, exports, resume): they keep it alone.
+# tests/test_fusion.py turns fusion back on.
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -342,6 +342,8 @@ def test_bad_eval_data_for_train(capsys: pytest.CaptureFixture[str], trained_run
         pytest.param(["--mode", "probe", "--head-init", "labels"], "does not apply to mode probe",
                      id="label-head-on-probe"),
         pytest.param(["--mode", "zeroshot", "--layer", "3"], "drop --layer", id="zeroshot-with-layer"),
+        pytest.param(["--no-baseline", "--fuse-baseline"], "fuse_baseline needs the baseline",
+                     id="fusion-without-baseline"),
         pytest.param(["--label-names", "negative"], "neither label=words pairs nor an existing file",
                      id="label-names-not-pairs"),
         pytest.param(["--label-names", "negative=bad,negative=worse"], "named twice", id="label-names-twice"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lastpool.evaluation.baseline import CHARS_ONLY, WORDS_AND_CHARS, bag_of_words_baseline, beats_baseline_text
+from lastpool.evaluation.baseline import bag_of_words_baseline, beats_baseline_text
+from lastpool.models.bag_of_words import CHARS_ONLY, WORDS_AND_CHARS
 
 LABELS = ["sport", "finance", "weather"]
 CUES = [["goal", "match", "striker", "referee"], ["shares", "profit", "dividend", "market"],

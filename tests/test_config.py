@@ -50,6 +50,7 @@ FLAG_VALUES: dict[str, tuple[str | None, Any]] = {
     "head_init": ("labels", "labels"),
     "patience": ("3", 3),
     "baseline": ("--no-baseline", False),
+    "fuse_baseline": ("--no-fuse-baseline", False),
     "d_model": ("48", 48),
     "n_layers": ("3", 3),
     "n_heads": ("6", 6),
@@ -130,6 +131,8 @@ def test_every_flag_reaches_its_field(monkeypatch: pytest.MonkeyPatch, tmp_path:
         # A pretrained model brings its default mode and that mode's recipe: the settings left unset follow
         # the table's row.
         follows = {*RECIPE_FIELDS, "mode"} if name == "model" else set()
+        if name == "baseline":  # no baseline, nothing to fuse with (tests/test_recipes.py)
+            follows = {"fuse_baseline"}
         assert changed <= {name, "d_model"} | follows, (name, changed)
         assert name not in cfg.from_recipe
 

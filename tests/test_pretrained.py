@@ -20,7 +20,7 @@ from lastpool.cli import main
 from lastpool.text.tokenizers import train_bpe
 from tests.conftest import demo_sample, write_csv
 
-TINY = {"epochs": 2, "batch_size": 16, "max_length": 32, "lr": 3e-3, "precision": "fp32"}
+TINY = {"epochs": 2, "batch_size": 16, "max_length": 32, "lr": 3e-3, "precision": "fp32", "fuse_baseline": False}
 
 
 def _model_folder(root: Path, family: str) -> Path:

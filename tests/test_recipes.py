@@ -131,3 +131,19 @@ def test_no_mode_means_the_kinds_default_mode_and_the_user_mode_wins() -> None:
     assert chosen.mode == "full" and "mode" not in chosen.from_recipe
     # A mode that came from the table is re-resolved when the model changes.
     assert Classifier(config=scratch, model="m.gguf").config.mode == "top-4"
+
+
+def test_fusion_follows_the_baseline_and_stays_out_of_zero_shot() -> None:
+    """Fusion is on wherever a bag-of-words model is fitted and the run trains; without the baseline it is
+    off (nothing to fuse with) unless asked for, which is an error, as it is for zero-shot."""
+    assert make_config({}).fuse_baseline is True
+    assert make_config({"model": "m.gguf"}).fuse_baseline is True
+    off = make_config({"baseline": False})
+    assert off.fuse_baseline is False and "fuse_baseline" in off.from_recipe
+    assert make_config({"model": "m.gguf", "mode": "zeroshot"}).fuse_baseline is False
+    from lastpool.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fuse_baseline needs the baseline"):
+        make_config({"baseline": False, "fuse_baseline": True})
+    with pytest.raises(ConfigError, match="mode zeroshot trains nothing"):
+        make_config({"model": "m.gguf", "mode": "zeroshot", "fuse_baseline": True})

@@ -24,14 +24,16 @@ from lastpool.data.labels import LabelSet
 from lastpool.data.split import stratified_split
 from lastpool.distributed import under_launcher
 from lastpool.errors import ConfigError, DataError, ModelLoadError
-from lastpool.evaluation.baseline import bag_of_words_baseline
+from lastpool.evaluation.baseline import fit_baseline
 from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll
 from lastpool.evaluation.metrics import classification_metrics
 from lastpool.evaluation.model_card import model_card
 from lastpool.fileio import staged_dir
 from lastpool.models.backbones import HFBackbone, decoder_blocks, load_backbone, middle_block, truncate_backbone
+from lastpool.models.bag_of_words import BagOfWords
 from lastpool.models.classifier_model import (
     SPEC_FILE,
+    FusionSpec,
     LoraSpec,
     ModelSpec,
     PretrainedBackboneSpec,
@@ -39,6 +41,7 @@ from lastpool.models.classifier_model import (
     SequenceClassifier,
     TokenizerSpec,
     build_model,
+    language_model_spec,
     load_model,
     save_model,
 )
@@ -60,6 +63,7 @@ from lastpool.training.features import (
     freeze_for_mode,
     standardizer,
 )
+from lastpool.training.fusion import choose_weight, fuse
 from lastpool.training.inference import bf16_copy, predict_logits, softmax
 from lastpool.training.layer_search import best_layer, pooled_every_layer, score_layers
 from lastpool.training.trainer import Trainer, TrainResult, evaluate_logits
@@ -237,6 +241,9 @@ class Classifier:
         self.validation: dict[str, Any] | None = None  # texts, labels and kept-epoch logits of the last fit
         self.data_info: dict[str, Any] = {}  # training data summary for the model card
         self.baseline: dict[str, Any] | None = None  # the bag-of-words baseline on the same split
+        self.bag_of_words: BagOfWords | None = None  # its model, where it is fused with the LM
+        self.fusion: dict[str, Any] | None = None  # the share chosen, and the LM's own validation scores
+        self.fusion_note: str | None = None  # what fusing it did, for the CLI summary
         self.layer_scores: list[float] | None = None  # --layer auto: cross-validated probe score per block
         self.chosen_layer: int | None = None
         self.lower_blocks_cached: int | None = None  # top-N: frozen blocks run once, their output cached
@@ -292,8 +299,9 @@ class Classifier:
         if cfg.epochs == AUTO:  # resolved here, where the data size is known; config.yaml records the number
             cfg = self.config = cfg.model_copy(update={"epochs": auto_epochs(len(train_texts), len(names),
                                                                                cfg.batch_size)})
-        self.baseline = (bag_of_words_baseline(train_texts, train_y, val_texts, val_y, names)
-                         if cfg.baseline else None)
+        fitted = fit_baseline(train_texts, train_y, val_texts, val_y, names) if cfg.baseline else None
+        self.baseline = None if fitted is None else fitted[1]
+        self.bag_of_words = self.fusion = self.fusion_note = None
         words = label_words(names, cfg.label_names)  # checked before a model loads
         set_seed(cfg.seed)
         backbone, info, tokenizer, tok_type, tok_source = _load_parts(cfg, train_texts, quiet)
@@ -353,6 +361,8 @@ class Classifier:
                         "best_epoch": self.result.best_epoch}
         if self.baseline is not None:
             spec.metrics["baseline"] = self.baseline
+        if cfg.fuse_baseline and fitted is not None and self.result.val_logits is not None:
+            self._fuse(cfg, fitted[0], spec, val_texts, val_y, names)
         self.validation = {"texts": val_texts, "labels": list(val_y), "logits": self.result.val_logits}
         self.data_info = {"source": data_name, "rows": len(texts),
                           "class_counts": dict(sorted(Counter(str_labels).items()))}
@@ -361,6 +371,32 @@ class Classifier:
             spec.metrics["calibration"] = self.calibration
         self.model, self.spec, self.encoder = model, spec, encoder
         return self
+
+    def _fuse(self, cfg: RunConfig, bow: BagOfWords, spec: ModelSpec, val_texts: list[str], val_y: list[int],
+              names: list[str]) -> None:
+        """Choose the bag-of-words weight on the validation split; where it is above 0, the saved model adds
+        the margins to its logits, and the validation logits and scores become the fused model's."""
+        assert self.result is not None and self.result.val_logits is not None
+        alone = self.result.val_metrics
+        scores = bow.scores(val_texts)
+        choice = choose_weight(self.result.val_logits, scores, val_y)
+        spec.metrics["fusion"] = self.fusion = {
+            "share": choice.share, "weight": choice.weight,
+            "val_log_loss": {str(share): loss for share, loss in choice.log_loss.items()},
+            "language_model": {"accuracy": alone.get("accuracy"), "macro_f1": alone.get("macro_f1")}}
+        if choice.share == 0:
+            self.fusion_note = "the bag-of-words model is not fused in (share 0 chosen on validation)"
+            return
+        alone_temperature = fit_temperature(self.result.val_logits, val_y) if cfg.calibrate else 1.0
+        fused = fuse(self.result.val_logits, scores, choice.weight)
+        self.result.val_logits, self.result.val_metrics = fused, evaluate_logits(fused, val_y, names)
+        spec.metrics["val_accuracy"] = self.result.val_metrics.get("accuracy")
+        spec.metrics["val_macro_f1"] = self.result.val_metrics.get("macro_f1")
+        spec.fusion = FusionSpec(share=choice.share, weight=choice.weight, description=bow.description,
+                                 features=bow.num_features, language_model_temperature=alone_temperature)
+        self.bag_of_words = bow
+        self.fusion_note = (f"fused with the bag-of-words model at share {choice.share:g} (the language model "
+                            f"alone: {float(alone['accuracy']):.4f})")
 
     def _choose_layer(self, cfg: RunConfig, backbone: HFBackbone, info: dict[str, Any], encoder: TextEncoder,
                       train_ids: list[list[int]], val_ids: list[list[int]], train_y: list[int],
@@ -442,6 +478,24 @@ class Classifier:
         return list(self._require_fitted()[1].labels)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Logits [N, C] before the temperature: the language model's, plus the bag-of-words margins at the
+        fusion weight where the model has them."""
+        lm = self.language_model_logits(texts)
+        spec = self._require_fitted()[1]
+        if spec.fusion is None or self.bag_of_words is None or not len(lm):
+            return lm
+        return fuse(lm, self.bag_of_words.scores(list(texts)), spec.fusion.weight)
+
+    def language_model_only(self) -> Classifier:
+        """This classifier without its bag-of-words part (what an export computes): the same modules, the
+        LM's own temperature."""
+        model, spec, encoder = self._require_fitted()
+        alone = Classifier(self.config)
+        alone.model, alone.spec, alone.encoder = model, language_model_spec(spec), encoder
+        return alone
+
+    def language_model_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """The language model's logits alone (what an exported model computes)."""
         model, spec, encoder = self._require_fitted()
         ids = encoder.encode(_check_texts(texts, "input"))
         if not ids:
@@ -494,6 +548,8 @@ class Classifier:
         model, spec, encoder = self._require_fitted()
         encoder.save(folder)
         save_model(model, spec, folder)
+        if spec.fusion is not None and self.bag_of_words is not None:
+            self.bag_of_words.save(folder)
         metrics = self.result.val_metrics if self.result is not None else spec.metrics
         card = model_card(spec.model_dump(mode="json"), self.data_info, metrics, self.calibration)
         (folder / "README.md").write_text(card, encoding="utf-8")
@@ -511,4 +567,9 @@ class Classifier:
             )
         clf = cls()
         clf.model, clf.spec, clf.encoder = model, spec, encoder
+        if spec.fusion is not None:
+            clf.bag_of_words = BagOfWords.load(folder, len(spec.labels))
+            if clf.bag_of_words.num_features != spec.fusion.features:
+                raise ModelLoadError(f"{folder}: the bag-of-words part has {clf.bag_of_words.num_features} "
+                                     f"features but {SPEC_FILE} says {spec.fusion.features}")
         return clf

@@ -120,6 +120,7 @@ def train(
     label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="temperature scaling fitted on the validation split after training [on]", rich_help_panel=OPT)] = None,  # noqa: E501
     baseline: Annotated[bool | None, typer.Option("--baseline/--no-baseline", help="also train a bag-of-words baseline (TF-IDF + linear SVM) on the same split and report it beside the model [on]", rich_help_panel=OPT)] = None,  # noqa: E501
+    fuse_baseline: Annotated[bool | None, typer.Option("--fuse-baseline/--no-fuse-baseline", help="add the bag-of-words baseline's scores to the model's, at a weight chosen on the validation split (0 keeps the model alone) [on, except zeroshot]", rich_help_panel=OPT)] = None,  # noqa: E501
     seed: Annotated[int | None, typer.Option(help="random seed [0]", rich_help_panel=OPT)] = None,
     out: Annotated[Path | None, typer.Option(help="run directory [runs/<timestamp>]", rich_help_panel=OUT)] = None,
     save_every: Annotated[int | None, typer.Option(help="also checkpoint every N optimizer steps (checkpoints are always saved at each epoch end and on Ctrl-C/SIGTERM) [off]", rich_help_panel=RUN)] = None,  # noqa: E501
@@ -184,6 +185,8 @@ def train(
     if clf.baseline is not None:
         points = round(100 * (val["accuracy"] - clf.baseline["accuracy"]), 2) + 0.0
         beside = f"; bag-of-words baseline {clf.baseline['accuracy']:.4f}, {points:+.2f} points"
+    if clf.fusion_note is not None:
+        beside += f"; {clf.fusion_note}"
     summary = (f"run saved to {run_dir}  ({kept}: val accuracy {val['accuracy']:.4f}, "
                f"macro-F1 {val['macro_f1']:.4f}{beside})")
     if quiet:
@@ -407,12 +410,15 @@ def evaluate(
     text_col: Annotated[str | None, typer.Option(help="text column (auto-detected)")] = None,
     label_col: Annotated[str | None, typer.Option(help="label column (auto-detected)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+    language_model_only: Annotated[bool, typer.Option("--language-model-only", help="score the language model without the bag-of-words part it was fused with (what an export computes)")] = False,  # noqa: E501
 ) -> None:
     """Evaluate a trained model on a labelled file: accuracy, F1, per-class scores, confusion matrix."""
     from lastpool.classifier import Classifier
     from lastpool.data.tables import read_table
 
     clf = Classifier.load(model)
+    if language_model_only:
+        clf = clf.language_model_only()
     table = read_table(data, text_col=text_col, label_col=label_col)
     assert table.labels is not None
     metrics = clf.evaluate(table.texts, table.labels, source=f"evaluation data {table.source}")
@@ -534,6 +540,12 @@ def export_model(
     else:
         export_onnx(clf, out)
     err.print(f"exported {model} to {out} ({format})")
+    if clf.spec is not None and clf.spec.fusion is not None:
+        alone = clf.spec.metrics.get("fusion", {}).get("language_model", {}).get("accuracy")
+        scores = (f" (validation accuracy {float(alone):.4f} alone, {float(clf.spec.metrics['val_accuracy']):.4f} "
+                  "fused)" if alone is not None and clf.spec.metrics.get("val_accuracy") is not None else "")
+        err.print(f"note: the export holds the language model alone; the bag-of-words part it was fused with "
+                  f"(share {clf.spec.fusion.share:g}) stays in lastpool's model folder{scores}")
 
 
 @app.command()

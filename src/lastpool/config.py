@@ -101,6 +101,9 @@ class RunConfig(BaseModel):
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
     calibrate: bool = Field(default=True, description="fit a softmax temperature on the validation split")
     baseline: bool = Field(default=True, description="also score a bag-of-words (TF-IDF + linear) baseline")
+    fuse_baseline: bool = Field(
+        default=True, description="add the baseline's scores to the model's, at a weight chosen on the "
+        "validation split (0: the model alone)")
     seed: int = Field(default=0, ge=0)
 
     # output and run control (these may differ when a run is resumed)
@@ -123,6 +126,9 @@ class RunConfig(BaseModel):
         if not isinstance(values, dict):
             return values
         model = str(values.get("model", "scratch"))
+        if values.get("baseline") is False and "fuse_baseline" not in values:  # nothing to fuse with
+            values = {**values, "fuse_baseline": False,
+                      "from_recipe": sorted({*values.get("from_recipe", []), "fuse_baseline"})}
         if values.get("mode", AUTO) == AUTO:  # the mode first: the row depends on it
             values = {**values, "mode": default_mode(model),
                       "from_recipe": sorted({*values.get("from_recipe", []), "mode"})}
@@ -150,6 +156,11 @@ class RunConfig(BaseModel):
         if self.final_norm and self.layer == AUTO:
             raise ValueError("final_norm works with --layer N or middle, not auto (the layer search scores the "
                              "blocks' raw output)")
+        if self.fuse_baseline and not self.baseline:
+            raise ValueError("fuse_baseline needs the baseline: drop --no-baseline, or add --no-fuse-baseline")
+        if self.fuse_baseline and self.mode == "zeroshot" and "fuse_baseline" in self.model_fields_set:
+            raise ValueError("mode zeroshot trains nothing, so it cannot fuse a trained bag-of-words model: "
+                             "drop --fuse-baseline")
         if self.mode == "zeroshot" and self.layer is not None:
             raise ValueError("mode zeroshot reads the LM's own output after its last block: drop --layer")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):

@@ -31,7 +31,7 @@ from lastpool.data.batching import PaddingCollator
 from lastpool.errors import ConfigError, ModelLoadError
 from lastpool.fileio import staged_dir, staged_file
 from lastpool.models.backbones import HFBackbone
-from lastpool.models.classifier_model import PretrainedBackboneSpec, SequenceClassifier
+from lastpool.models.classifier_model import PretrainedBackboneSpec, SequenceClassifier, language_model_spec
 from lastpool.text.tokenizers import TEXT_SLOT
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ def export_hf(clf: Classifier, folder: Path) -> Path:
     reason = hf_refusal(clf)
     if reason:
         raise ConfigError(f"cannot export to transformers: {reason}")
-    _, spec, encoder = clf._require_fitted()
+    _, fused_spec, encoder = clf._require_fitted()
+    spec = language_model_spec(fused_spec)  # the export carries the LM alone
     model = _plain_model(clf)
     backbone = model.backbone
     assert isinstance(backbone, HFBackbone)  # a pretrained spec always has one
@@ -151,7 +152,8 @@ class _LogitsOnly(torch.nn.Module):
 
 def onnx_metadata(clf: Classifier) -> dict[str, str]:
     """What ``lastpool predict FILE.onnx`` needs besides the graph: the spec and the tokenizer."""
-    _, spec, encoder = clf._require_fitted()
+    _, fused_spec, encoder = clf._require_fitted()
+    spec = language_model_spec(fused_spec)  # the graph computes the LM's logits alone
     tokenizer_json = encoder.tokenizer.backend_tokenizer.to_str()
     special = {"pad_token": encoder.tokenizer.pad_token, "eos_token": encoder.tokenizer.eos_token,
                "bos_token": encoder.tokenizer.bos_token, "unk_token": encoder.tokenizer.unk_token}

@@ -41,7 +41,8 @@ RECIPES: dict[tuple[Kind, str], dict[str, Any]] = {
                               "label_smoothing": 0.0, "token_dropout": 0.0, "max_length": 128, "head_bias": True,
                               "prompt": "auto", "layer": "auto", "patience": 10},
     # No training: the LM's own next-token scores for each label word after the prompt.
-    ("pretrained", "zeroshot"): {"max_length": 128, "head_bias": True, "prompt": "auto", "head_init": "labels"},
+    ("pretrained", "zeroshot"): {"max_length": 128, "head_bias": True, "prompt": "auto", "head_init": "labels",
+                                 "fuse_baseline": False},
 }
 RECIPE_FIELDS = sorted({name for row in RECIPES.values() for name in row})
 

@@ -79,7 +79,7 @@ def run_report(clf: Classifier, config: RunConfig, data: dict[str, Any], token_l
                        "confidence": float(confidence[i])} for i in wrong[:10]],
         best_epoch=clf.result.best_epoch,
         baseline=getattr(clf, "baseline", None), layer_scores=getattr(clf, "layer_scores", None),
-        chosen_layer=getattr(clf, "chosen_layer", None),
+        chosen_layer=getattr(clf, "chosen_layer", None), fusion=getattr(clf, "fusion", None),
     )
 
 
@@ -96,6 +96,8 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
         "train_seconds": result.train_seconds,
         "train_samples_per_second": result.train_samples_per_second,
         "baseline": getattr(clf, "baseline", None),  # bag-of-words baseline on the same splits, or None
+        # the bag-of-words share fused in (0: the LM alone), and the LM's own validation scores
+        "fusion": getattr(clf, "fusion", None),
         "layer_scores": getattr(clf, "layer_scores", None),  # --layer auto: probe accuracy per block, or None
         # top-N: how many frozen blocks ran once (their hidden states cached), or why they ran every epoch
         "lower_blocks_cached": getattr(clf, "lower_blocks_cached", None),

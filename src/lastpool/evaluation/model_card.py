@@ -200,6 +200,12 @@ def model_card(spec: dict[str, Any], data: dict[str, Any], metrics: dict[str, An
     out.append(f"A lastpool classifier (a decoder language model with a linear head) that assigns each text one of "
                f"{len(labels)} labels: {', '.join(md_code(label) for label in labels)}.")
     out += ["", "## Model", "", *_backbone_lines(spec)]
+    fusion = spec.get("fusion")
+    if fusion:
+        out += ["", f"Its scores add a bag-of-words model's ({md_text(str(fusion.get('description')))}, "
+                f"{fusion.get('features')} n-grams; `bag_of_words.json` and `bag_of_words.safetensors`) to the "
+                f"language model's, with a share of {_fmt(fusion.get('share'))} chosen on the validation split. "
+                "An export (`lastpool export`) holds the language model alone."]
 
     out += ["", "## Training data", "", f"- Source: {md_code(source)}", f"- Rows: {rows}"]
     if counts:
@@ -232,7 +238,8 @@ def model_card(spec: dict[str, Any], data: dict[str, Any], metrics: dict[str, An
             "- Not for decisions with serious consequences for people (health, credit, employment, legal, "
             "moderation without appeal) without human review of its outputs.",
             f"- The validation scores come from {small}; they are estimates with the uncertainty shown above, "
-            "and the validation split was also used to pick the epoch and fit the temperature, so they lean "
+            "and the validation split was also used to pick the epoch, fit the temperature and (where there is "
+            "one) the bag-of-words share, so they lean "
             "optimistic. Measure on fresh labelled data before relying on a number.",
             "- It inherits the biases of its training labels and, for a pretrained backbone, of the backbone's "
             "pretraining data."]

@@ -45,6 +45,7 @@ class RunReport:
     baseline: dict[str, Any] | None = None  # bag_of_words_baseline(): model, accuracy, macro_f1, seconds
     layer_scores: list[float] | None = None  # --layer auto: probe accuracy after each block 1..L (training split)
     chosen_layer: int | None = None  # the 1-based block the classifier pools after
+    fusion: dict[str, Any] | None = None  # share, weight, language_model {accuracy, macro_f1}
 
 
 # ----------------------------------------------------------------------------- document blocks
@@ -127,7 +128,16 @@ def _summary(report: RunReport) -> list[Block]:
         ["accuracy", acc_text],
         ["macro-F1", _fmt(val.get("macro_f1"))],
     ]
-    baseline = report.baseline
+    baseline, fusion = report.baseline, report.fusion
+    fused = fusion is not None and bool(fusion.get("share"))
+    if fused:
+        assert fusion is not None
+        alone = fusion.get("language_model") or {}
+        rows += [
+            ["bag-of-words share (chosen on validation)", f"{float(fusion['share']):g}"],
+            ["language model alone: accuracy", _fmt(alone.get("accuracy"))],
+            ["language model alone: macro-F1", _fmt(alone.get("macro_f1"))],
+        ]
     if baseline is not None:
         rows += [
             ["bag-of-words baseline accuracy", _fmt(baseline.get("accuracy"))],
@@ -154,7 +164,23 @@ def _summary(report: RunReport) -> list[Block]:
     ]
     if baseline is not None:
         blocks.append(Para([_baseline_sentence(accuracy, baseline)]))
+    if fused:
+        assert fusion is not None
+        blocks.append(Para([_fusion_sentence(fusion, baseline)]))
     return blocks
+
+
+def _fusion_sentence(fusion: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """What the fused model is, and the language model alone against the baseline: the model's scores
+    above include the bag-of-words model's, so they alone would flatter the LM."""
+    share = float(fusion["share"])
+    text = (f"The model adds the bag-of-words model's scores to the language model's (share {share:g} of the "
+            "fused score, chosen on the validation split by log loss). An export (`lastpool export`) holds the "
+            "language model alone.")
+    alone = (fusion.get("language_model") or {}).get("accuracy")
+    if baseline is not None and alone is not None:
+        text += f" The language model alone {beats_baseline_text(float(alone), baseline)}."
+    return text
 
 
 def _baseline_sentence(accuracy: Any, baseline: dict[str, Any]) -> str:

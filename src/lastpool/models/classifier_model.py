@@ -89,6 +89,28 @@ class LoraSpec(BaseModel):
     merged: bool = False
 
 
+class FusionSpec(BaseModel):
+    """The bag-of-words part (bag_of_words.json/.safetensors beside the weights) and the weight its margins
+    are added to the LM's logits with, before the temperature (training/fusion.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share: float = Field(gt=0.0, lt=1.0)  # the bag-of-words model's share (training/fusion.py)
+    weight: float = Field(gt=0.0)  # the factor on its margins
+    description: str
+    features: int = Field(ge=1)
+    # The temperature fitted to the LM's validation logits alone: what an export, which carries the LM
+    # only, divides by.
+    language_model_temperature: float = Field(default=1.0, gt=0.0)
+
+
+def language_model_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` for the language model alone: no fusion, and the LM's own temperature."""
+    if spec.fusion is None:
+        return spec
+    return spec.model_copy(update={"fusion": None, "temperature": spec.fusion.language_model_temperature})
+
+
 class ModelSpec(BaseModel):
     """Contents of ``lastpool.json``: everything needed to load and use a saved classifier."""
 
@@ -109,6 +131,7 @@ class ModelSpec(BaseModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     mode: str = "full"
     lora: LoraSpec | None = None
+    fusion: FusionSpec | None = None  # None: the LM alone
     metrics: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("labels")

@@ -193,6 +193,7 @@ def model_info(clf: Classifier) -> dict[str, Any]:
     return {"labels": list(spec.labels), "backbone": backbone, "mode": spec.mode, "pooling": spec.pooling,
             "max_length": spec.max_length, "padding_side": spec.padding_side, "prompt": spec.prompt,
             "temperature": spec.temperature, "precision": spec.precision,
+            "bag_of_words_share": spec.fusion.share if spec.fusion is not None else None,
             "model_library_version": spec.library_version, "lastpool_version": __version__}
 
 
