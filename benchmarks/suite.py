@@ -270,16 +270,27 @@ def run_lastpool(row: str, prep: Prepared, seed: int, ctx: Context, stem: Path) 
         record = {"ok": True, "seconds": proc.seconds, "rss_mib": proc.rss_mib, "cmd": shlex.join(cmd),
                   "val_accuracy": metrics["val"]["accuracy"], "best_epoch": metrics.get("best_epoch"),
                   "epochs_run": metrics.get("epochs_run")}
+        fusion = metrics.get("fusion") or {}
+        fused = bool(fusion.get("share"))
+        record["bow_share"] = fusion.get("share")
         if prep.dev is None:
-            return {**record, "accuracy": metrics["val"]["accuracy"], "macro_f1": metrics["val"]["macro_f1"]}
-        return {**record, **score_run(run_dir, prep.dev, ctx, stem.with_name(stem.name + "-eval"))}
+            alone = fusion.get("language_model") if fused else metrics["val"]
+            return {**record, "accuracy": metrics["val"]["accuracy"], "macro_f1": metrics["val"]["macro_f1"],
+                    "lm_accuracy": alone["accuracy"], "lm_macro_f1": alone["macro_f1"]}
+        scored = score_run(run_dir, prep.dev, ctx, stem.with_name(stem.name + "-eval"))
+        if fused and scored.get("accuracy") is not None:
+            alone = score_run(run_dir, prep.dev, ctx, stem.with_name(stem.name + "-eval-lm"), ["--language-model-only"])
+            scored.update(lm_accuracy=alone.get("accuracy"), lm_macro_f1=alone.get("macro_f1"))
+        elif scored.get("accuracy") is not None:
+            scored.update(lm_accuracy=scored["accuracy"], lm_macro_f1=scored["macro_f1"])
+        return {**record, **scored}
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)  # a full fine-tune's model folder is 540 MB
 
 
-def score_run(run_dir: Path, dev: Path, ctx: Context, stem: Path) -> dict[str, Any]:
+def score_run(run_dir: Path, dev: Path, ctx: Context, stem: Path, flags: Sequence[str] = ()) -> dict[str, Any]:
     """``lastpool eval RUN --data DEV --json``: accuracy and macro-F1 on the dev file (not timed as training)."""
-    cmd = [*lastpool_exe(), "eval", str(run_dir), "--data", str(dev), "--json"]
+    cmd = [*lastpool_exe(), "eval", str(run_dir), "--data", str(dev), "--json", *flags]
     proc = timed(cmd, ctx.env, stem)
     keep_logs(ctx.keep, stem)
     if proc.code != 0:  # the training's wall time and RSS stay in the record
@@ -420,25 +431,43 @@ def times(speed: float | None) -> str:
 def set_table(rows: dict[str, Summary]) -> list[str]:
     """One Markdown table: a line per row, failures in the notes column."""
     trainer_wall = rows["trainer"].mean("seconds") if "trainer" in rows else None
-    header = ["row", "seeds", "accuracy (mean ± std)", "macro-F1 (mean ± std)", "wall s (mean)",
-              "peak RSS MiB", "time vs Trainer", "notes"]
+    header = ["row", "seeds", "accuracy (mean ± std)", "macro-F1 (mean ± std)", "LM alone: accuracy",
+              "bow share", "wall s (mean)", "peak RSS MiB", "time vs Trainer", "notes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, summary in rows.items():
         wall, rss = summary.mean("seconds"), summary.peak_rss()
         speed = ratio(wall, trainer_wall)
         cells = [f"`{row}`", ", ".join(str(r["seed"]) for r in summary.ok) or "-",
-                 summary.spread("accuracy"), summary.spread("macro_f1"),
+                 summary.spread("accuracy"), summary.spread("macro_f1"), lm_alone(summary),
+                 ", ".join(f"{r['bow_share']:g}" for r in summary.ok if r.get("bow_share") is not None) or "-",
                  f"{wall:.1f}" if wall is not None else "-", f"{rss:.0f}" if rss is not None else "-",
                  times(speed), summary.failures()]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def verdicts(set_name: str, rows: dict[str, Summary]) -> list[tuple[str, str]]:
-    """(target, verdict) for one set; a target whose rows are missing or all failed is 'not measured'."""
-    def acc(row: str) -> float | None:
-        return rows[row].mean("accuracy") if row in rows else None
+def lm_alone(summary: Summary) -> str:
+    """The language model's accuracy without the fused bag-of-words part (lastpool rows only)."""
+    mean = summary.mean("lm_accuracy")
+    return "-" if mean is None else f"{mean:.4f}"
 
+
+def paired(rows: dict[str, Summary], row: str, other: str) -> tuple[float, float, int] | None:
+    """Both rows' mean accuracy over the seeds both ran, and how many: a seed-0-only row is compared with
+    the other row's seed 0, not with its mean over more seeds."""
+    if row not in rows or other not in rows:
+        return None
+    mine = {r["seed"]: r["accuracy"] for r in rows[row].ok if r.get("accuracy") is not None}
+    theirs = {r["seed"]: r["accuracy"] for r in rows[other].ok if r.get("accuracy") is not None}
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return None
+    return statistics.mean(mine[s] for s in seeds), statistics.mean(theirs[s] for s in seeds), len(seeds)
+
+
+def verdicts(set_name: str, rows: dict[str, Summary]) -> list[tuple[str, str]]:
+    """(target, verdict) for one set; a target whose rows are missing or all failed is 'not measured'.
+    Accuracy comparisons are paired: over the seeds both rows ran."""
     def wall(row: str) -> float | None:
         return rows[row].mean("seconds") if row in rows else None
 
@@ -446,19 +475,24 @@ def verdicts(set_name: str, rows: dict[str, Summary]) -> list[tuple[str, str]]:
         return "not measured" if met is None else f"{'met' if met else '**NOT met**'} ({detail})"
 
     def beats(row: str, other: str) -> str:
-        a, b = acc(row), acc(other)
-        return verdict(None if a is None or b is None else a > b, f"{a or 0:.4f} vs {b or 0:.4f}")
+        pair = paired(rows, row, other)
+        if pair is None:
+            return verdict(None, "")
+        a, b, n = pair
+        return verdict(a > b, f"{a:.4f} vs {b:.4f}, {n} seed{'s' * (n > 1)}")
 
     out = []
-    a, t, speed = acc("default"), acc("trainer"), ratio(wall("default"), wall("trainer"))
-    met = None if a is None or t is None or speed is None else a >= t and speed <= TARGET_SPEED
+    pair, speed = paired(rows, "default", "trainer"), ratio(wall("default"), wall("trainer"))
+    met = None if pair is None or speed is None else pair[0] >= pair[1] and speed <= TARGET_SPEED
+    a, t, n = pair or (0.0, 0.0, 0)
     out.append((f"`default` accuracy >= `trainer`'s and wall <= {TARGET_SPEED}x Trainer's",
-                verdict(met, f"{a or 0:.4f} vs {t or 0:.4f}, {speed or 0:.2f}x")))
+                verdict(met, f"{a:.4f} vs {t:.4f}, {n} seed{'s' * (n > 1)}, {speed or 0:.2f}x")))
     out.append(("`default` accuracy > `bow`'s", beats("default", "bow")))
-    p, b, pw = acc("probe"), acc("bow"), wall("probe")
-    met = None if p is None or b is None or pw is None else p > b and pw <= PROBE_SECONDS
+    pair, pw = paired(rows, "probe", "bow"), wall("probe")
+    met = None if pair is None or pw is None else pair[0] > pair[1] and pw <= PROBE_SECONDS
+    p, b, n = pair or (0.0, 0.0, 0)
     out.append((f"`probe` accuracy > `bow`'s and wall <= {PROBE_SECONDS:.0f} s",
-                verdict(met, f"{p or 0:.4f} vs {b or 0:.4f}, {pw or 0:.0f} s")))
+                verdict(met, f"{p:.4f} vs {b:.4f}, {n} seed{'s' * (n > 1)}, {pw or 0:.0f} s")))
     if set_name == "fpb":
         out.append(("`scratch` accuracy > `bow`'s (fpb only)", beats("scratch", "bow")))
     return out
