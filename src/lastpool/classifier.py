@@ -242,8 +242,6 @@ class Classifier:
         self.data_info: dict[str, Any] = {}  # training data summary for the model card
         self.baseline: dict[str, Any] | None = None  # the bag-of-words baseline on the same split
         self.bag_of_words: BagOfWords | None = None  # its model, where it is fused with the LM
-        self.fusion: dict[str, Any] | None = None  # the share chosen, and the LM's own validation scores
-        self.fusion_note: str | None = None  # what fusing it did, for the CLI summary
         self.layer_scores: list[float] | None = None  # --layer auto: cross-validated probe score per block
         self.chosen_layer: int | None = None
         self.lower_blocks_cached: int | None = None  # top-N: frozen blocks run once, their output cached
@@ -301,7 +299,7 @@ class Classifier:
                                                                                cfg.batch_size)})
         fitted = fit_baseline(train_texts, train_y, val_texts, val_y, names) if cfg.baseline else None
         self.baseline = None if fitted is None else fitted[1]
-        self.bag_of_words = self.fusion = self.fusion_note = None
+        self.bag_of_words = None
         words = label_words(names, cfg.label_names)  # checked before a model loads
         set_seed(cfg.seed)
         backbone, info, tokenizer, tok_type, tok_source = _load_parts(cfg, train_texts, quiet)
@@ -380,14 +378,13 @@ class Classifier:
         alone = self.result.val_metrics
         scores = bow.scores(val_texts)
         choice = choose_weight(self.result.val_logits, scores, val_y)
-        spec.metrics["fusion"] = self.fusion = {
+        spec.metrics["fusion"] = {
             "share": choice.share, "weight": choice.weight,
             "val_log_loss": {str(share): loss for share, loss in choice.log_loss.items()},
             "language_model": {"accuracy": alone.get("accuracy"), "macro_f1": alone.get("macro_f1")}}
         if choice.share == 0:
-            self.fusion_note = "the bag-of-words model is not fused in (share 0 chosen on validation)"
             return
-        alone_temperature = fit_temperature(self.result.val_logits, val_y) if cfg.calibrate else 1.0
+        alone_temperature = choice.lm_temperature if cfg.calibrate else 1.0
         fused = fuse(self.result.val_logits, scores, choice.weight)
         self.result.val_logits, self.result.val_metrics = fused, evaluate_logits(fused, val_y, names)
         spec.metrics["val_accuracy"] = self.result.val_metrics.get("accuracy")
@@ -395,8 +392,6 @@ class Classifier:
         spec.fusion = FusionSpec(share=choice.share, weight=choice.weight, description=bow.description,
                                  features=bow.num_features, language_model_temperature=alone_temperature)
         self.bag_of_words = bow
-        self.fusion_note = (f"fused with the bag-of-words model at share {choice.share:g} (the language model "
-                            f"alone: {float(alone['accuracy']):.4f})")
 
     def _choose_layer(self, cfg: RunConfig, backbone: HFBackbone, info: dict[str, Any], encoder: TextEncoder,
                       train_ids: list[list[int]], val_ids: list[list[int]], train_y: list[int],
@@ -474,6 +469,12 @@ class Classifier:
         return self.model, self.spec, self.encoder
 
     @property
+    def fusion(self) -> dict[str, Any] | None:
+        """``metrics.json``'s ``fusion``: the share chosen, and the LM's own validation scores (None where no
+        bag-of-words model was fitted)."""
+        return self.spec.metrics.get("fusion") if self.spec is not None else None
+
+    @property
     def labels(self) -> list[str]:
         return list(self._require_fitted()[1].labels)
 
@@ -481,10 +482,10 @@ class Classifier:
         """Logits [N, C] before the temperature: the language model's, plus the bag-of-words margins at the
         fusion weight where the model has them."""
         lm = self.language_model_logits(texts)
-        spec = self._require_fitted()[1]
-        if spec.fusion is None or self.bag_of_words is None or not len(lm):
+        fusion = self.spec.fusion if self.spec is not None else None
+        if fusion is None or self.bag_of_words is None or not len(lm):
             return lm
-        return fuse(lm, self.bag_of_words.scores(list(texts)), spec.fusion.weight)
+        return fuse(lm, self.bag_of_words.scores(texts), fusion.weight)
 
     def language_model_only(self) -> Classifier:
         """This classifier without its bag-of-words part (what an export computes): the same modules, the

@@ -185,8 +185,10 @@ def train(
     if clf.baseline is not None:
         points = round(100 * (val["accuracy"] - clf.baseline["accuracy"]), 2) + 0.0
         beside = f"; bag-of-words baseline {clf.baseline['accuracy']:.4f}, {points:+.2f} points"
-    if clf.fusion_note is not None:
-        beside += f"; {clf.fusion_note}"
+    if clf.fusion is not None:
+        from lastpool.training.fusion import fusion_note
+
+        beside += f"; {fusion_note(clf.fusion)}"
     summary = (f"run saved to {run_dir}  ({kept}: val accuracy {val['accuracy']:.4f}, "
                f"macro-F1 {val['macro_f1']:.4f}{beside})")
     if quiet:
@@ -541,7 +543,7 @@ def export_model(
         export_onnx(clf, out)
     err.print(f"exported {model} to {out} ({format})")
     if clf.spec is not None and clf.spec.fusion is not None:
-        alone = clf.spec.metrics.get("fusion", {}).get("language_model", {}).get("accuracy")
+        alone = ((clf.fusion or {}).get("language_model") or {}).get("accuracy")
         scores = (f" (validation accuracy {float(alone):.4f} alone, {float(clf.spec.metrics['val_accuracy']):.4f} "
                   "fused)" if alone is not None and clf.spec.metrics.get("val_accuracy") is not None else "")
         err.print(f"note: the export holds the language model alone; the bag-of-words part it was fused with "

@@ -128,13 +128,12 @@ def _summary(report: RunReport) -> list[Block]:
         ["accuracy", acc_text],
         ["macro-F1", _fmt(val.get("macro_f1"))],
     ]
-    baseline, fusion = report.baseline, report.fusion
-    fused = fusion is not None and bool(fusion.get("share"))
-    if fused:
-        assert fusion is not None
-        alone = fusion.get("language_model") or {}
+    baseline = report.baseline
+    fused = report.fusion if report.fusion and report.fusion.get("share") else None
+    if fused is not None:
+        alone = fused.get("language_model") or {}
         rows += [
-            ["bag-of-words share (chosen on validation)", f"{float(fusion['share']):g}"],
+            ["bag-of-words share (chosen on validation)", f"{float(fused['share']):g}"],
             ["language model alone: accuracy", _fmt(alone.get("accuracy"))],
             ["language model alone: macro-F1", _fmt(alone.get("macro_f1"))],
         ]
@@ -164,9 +163,8 @@ def _summary(report: RunReport) -> list[Block]:
     ]
     if baseline is not None:
         blocks.append(Para([_baseline_sentence(accuracy, baseline)]))
-    if fused:
-        assert fusion is not None
-        blocks.append(Para([_fusion_sentence(fusion, baseline)]))
+    if fused is not None:
+        blocks.append(Para([_fusion_sentence(fused, baseline)]))
     return blocks
 
 

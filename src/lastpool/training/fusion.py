@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,16 @@ SHARES = tuple(round(0.1 * i, 1) for i in range(10))
 class FusionChoice:
     share: float  # the bag-of-words model's share, each side first scaled by its own fitted temperature
     weight: float  # the same mix as the factor on the margins added to the LM's raw logits
+    lm_temperature: float  # the temperature fitted to the LM's validation logits alone
     log_loss: dict[float, float]  # validation log loss (temperature-scaled) per candidate share
+
+
+def fusion_note(fusion: dict[str, Any]) -> str:
+    """What fusing did, as a clause for the CLI summary (``fusion``: ``metrics.json``'s record)."""
+    if not fusion.get("share"):
+        return "the bag-of-words model is not fused in (share 0 chosen on validation)"
+    alone = float(fusion["language_model"]["accuracy"])
+    return f"fused with the bag-of-words model at share {fusion['share']:g} (the language model alone: {alone:.4f})"
 
 
 def fuse(lm_logits: np.ndarray, bow_scores: np.ndarray, weight: float) -> np.ndarray:
@@ -47,7 +57,7 @@ def choose_weight(val_logits: np.ndarray, val_scores: np.ndarray, val_y: Sequenc
         fused = fuse(val_logits, val_scores, _weight(share, lm_temperature, bow_temperature))
         losses[float(share)] = nll(fused, val_y, fit_temperature(fused, val_y))
     best = min(losses, key=lambda a: (round(losses[a], 6), a))
-    return FusionChoice(best, _weight(best, lm_temperature, bow_temperature), losses)
+    return FusionChoice(best, _weight(best, lm_temperature, bow_temperature), lm_temperature, losses)
 
 
 def _weight(share: float, lm_temperature: float, bow_temperature: float) -> float:
