@@ -256,10 +256,13 @@ def run_bow(prep: Prepared) -> dict[str, Any]:
             "seconds": float(result.get("seconds") or measured), "rss_mib": None, "detail": str(result.get("model"))}
 
 
-def run_lastpool(row: str, prep: Prepared, seed: int, ctx: Context, stem: Path) -> dict[str, Any]:
-    """``lastpool train`` with the row's flags; the score from metrics.json or from ``lastpool eval``."""
+def run_lastpool(row: str, prep: Prepared, seed: int, ctx: Context, stem: Path,
+                 extra: Sequence[str] = ()) -> dict[str, Any]:
+    """``lastpool train`` with the row's flags (and ``extra``, for lever studies such as
+    benchmarks/fine_tune_length.py; the suite passes none); the score from metrics.json or from
+    ``lastpool eval``."""
     run_dir = stem.with_name(stem.name + "-run")
-    cmd = [*lastpool_exe(), "train", *lastpool_flags(row, ctx.model), "--data", str(prep.data),
+    cmd = [*lastpool_exe(), "train", *lastpool_flags(row, ctx.model), *extra, "--data", str(prep.data),
            "--seed", str(seed), "--out", str(run_dir), "-q"]
     proc = timed(cmd, ctx.env, stem)
     keep_logs(ctx.keep, stem)

@@ -71,11 +71,12 @@ def recipe(model: str, mode: str) -> dict[str, Any]:
 
 
 def auto_epochs(n_train: int, n_labels: int, batch_size: int) -> int:
-    """Epochs for ``epochs: auto``: enough passes that every class is seen about 600 times (few texts per
+    """Epochs for ``epochs: auto``: enough passes that every class is seen about 500 times (few texts per
     class need more passes), at least 2 and at most 20, and at least ~200 optimizer steps in all; early
-    stopping (``patience``) ends a run sooner when validation stops improving."""
+    stopping (``patience``) ends a run sooner when validation stops improving. docs/BENCHMARKS.md
+    ("Training length of the pretrained default") has the measurements behind 500."""
     per_class = max(n_train / max(n_labels, 1), 1.0)
-    by_class = math.ceil(600 / per_class)
+    by_class = math.ceil(500 / per_class)
     by_steps = math.ceil(200 / max(math.ceil(n_train / batch_size), 1))
     return int(min(20, max(2, by_class, by_steps)))
 
