@@ -179,14 +179,8 @@ def lastpool_folder_from_hf(hf_dir: Path, out: Path, precision: str) -> None:
     """The Trainer's model as a lastpool model folder: its base model as backbone, its score as the head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from lastpool.artifact import ModelSpec, PretrainedBackboneSpec, TokenizerSpec, build_model, save_model
     from lastpool.models.backbones import HFBackbone
-    from lastpool.models.classifier_model import (
-        ModelSpec,
-        PretrainedBackboneSpec,
-        TokenizerSpec,
-        build_model,
-        save_model,
-    )
     from lastpool.text.tokenizers import TextEncoder
 
     hf = AutoModelForSequenceClassification.from_pretrained(str(hf_dir), dtype=torch.float32)

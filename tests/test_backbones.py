@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from lastpool.data.batching import PaddingCollator
 from lastpool.errors import ModelLoadError
-from lastpool.models.backbones import HFBackbone, backbone_from_config, load_backbone, sha256_file
+from lastpool.fileio import sha256_file
+from lastpool.models.backbones import HFBackbone, backbone_from_config, load_backbone
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import position_ids_from_mask
 

@@ -110,6 +110,19 @@ def test_save_load_roundtrip_is_exact(fitted: Classifier, held_out: tuple[list[s
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
 
 
+def test_a_loaded_model_re_saves_the_same_model_card(fitted: Classifier, tmp_path: Path) -> None:
+    """The data summary, the validation size and the calibration live in lastpool.json, so a loaded model
+    knows them and its re-saved README.md is the card it was trained with (not "Source: unknown, Rows: 0")."""
+    first = fitted.save(tmp_path / "first")
+    loaded = Classifier.load(first)
+    assert loaded.data_info == fitted.data_info and loaded.data_info["rows"] > 0
+    assert loaded.calibration == fitted.calibration
+    second = loaded.save(tmp_path / "second")
+    card = (second / "README.md").read_text()
+    assert card == (first / "README.md").read_text()
+    assert "Rows: 0" not in card and "unknown" not in card
+
+
 def test_load_accepts_run_directory_and_model_folder(fitted: Classifier, held_out: tuple[list[str], list[str]],
                                                      tmp_path: Path) -> None:
     texts, _ = held_out

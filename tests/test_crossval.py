@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import lastpool.evaluation.crossval as crossval
+import lastpool.crossval as crossval
 from lastpool.cli import main
 from lastpool.config import RunConfig
-from lastpool.evaluation.crossval import compare, fold_plan, summarize
+from lastpool.crossval import compare, fold_plan, summarize
 from tests.conftest import TINY_FLAGS, demo_sample, snapshot, write_csv
 
 

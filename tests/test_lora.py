@@ -72,6 +72,8 @@ FAMILIES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
 REQUIRED = {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "gpt_neox"}
 
 
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05}  # the settings these tests were written for
+
 def _classifier(config: transformers.PretrainedConfig, seed: int = 0) -> SequenceClassifier:
     torch.manual_seed(seed)
     backbone = backbone_from_config(config)
@@ -132,7 +134,7 @@ def test_apply_lora_trains_only_adapters_and_head(config: transformers.Pretraine
                 in_features, out_features = out_features, in_features
             expected += r * (in_features + out_features)
 
-    apply_lora(model, config.model_type, r=r, alpha=4)
+    apply_lora(model, config.model_type, r=r, alpha=4, dropout=0.05)
     assert is_lora(model)
     assert not any(m.training for m in model.modules())  # the new adapter layers follow the model's mode
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -157,7 +159,7 @@ def test_trainable_state_round_trip_restores_adapters_and_head(
     model = _classifier(config)
     base = _base_state(model)
     head_before = model.head.weight.detach().clone()
-    apply_lora(model, config.model_type)
+    apply_lora(model, config.model_type, **LORA)
     _train(model)
     assert not torch.equal(model.head.weight, head_before)
     state = trainable_state(model)
@@ -171,7 +173,7 @@ def test_trainable_state_round_trip_restores_adapters_and_head(
     save_file(state, str(path))
 
     reloaded = _rebuild(config, base)
-    apply_lora(reloaded, config.model_type)
+    apply_lora(reloaded, config.model_type, **LORA)
     ids, mask = _batch(seed=5)
     with torch.no_grad():
         expected = model(ids, mask)
@@ -184,7 +186,7 @@ def test_trainable_state_round_trip_restores_adapters_and_head(
 @torch.no_grad()
 def test_load_trainable_state_is_strict() -> None:
     model = _classifier(LLAMA)
-    apply_lora(model, "llama")
+    apply_lora(model, "llama", **LORA)
     state = trainable_state(model)
 
     without_head = {k: v for k, v in state.items() if k != "head.weight"}
@@ -199,7 +201,7 @@ def test_load_trainable_state_is_strict() -> None:
         load_trainable_state(model, {**state, "head.bias": torch.zeros(5)})
 
     other = _classifier(LLAMA)
-    apply_lora(other, "llama", r=4)  # a different rank: every adapter tensor has the wrong shape
+    apply_lora(other, "llama", **{**LORA, "r": 4})  # a different rank: every adapter tensor has the wrong shape
     with pytest.raises(ModelLoadError, match="wrong shape"):
         load_trainable_state(other, state)
 
@@ -209,7 +211,7 @@ def test_merge_lora_gives_plain_classifier_with_same_logits() -> None:
         model = _classifier(config)
         plain_keys = list(model.state_dict())
         plain_type = type(model.backbone.model)
-        apply_lora(model, config.model_type)
+        apply_lora(model, config.model_type, **LORA)
         _train(model)
         ids, mask = _batch(seed=6)
         with torch.no_grad():
@@ -229,7 +231,7 @@ def test_merge_lora_gives_plain_classifier_with_same_logits() -> None:
 def test_padding_invariance_with_lora(config: transformers.PretrainedConfig) -> None:
     """Batch vs alone, right and left padding: the wrapper must still pass mask and position ids."""
     model = _classifier(config)
-    apply_lora(model, config.model_type)
+    apply_lora(model, config.model_type, **LORA)
     _train(model)
     generator = torch.Generator().manual_seed(7)
     texts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in (1, 4, 9, 6)]
@@ -259,7 +261,7 @@ def test_default_targets_exist_and_adapt(family: str) -> None:
     assert lora_targets(family, model.backbone.model) == DEFAULT_TARGETS[family]
     ids, mask = _batch()
     before = model(ids, mask)
-    apply_lora(model, family)
+    apply_lora(model, family, **LORA)
     adapted = {name.split(".lora_A.")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters()
                if ".lora_A." in name}
     assert adapted == set(DEFAULT_TARGETS[family])
@@ -281,14 +283,14 @@ def test_fallback_targets_are_block_linears() -> None:
 def test_misuse_is_a_config_error() -> None:
     scratch = SequenceClassifier(GPTBackbone(GPTConfig(vocab_size=VOCAB, d_model=32, n_heads=4, d_ff=64)), 32, 3)
     with pytest.raises(ConfigError, match="pretrained"):
-        apply_lora(scratch, "gpt2")
+        apply_lora(scratch, "gpt2", **LORA)
     model = _classifier(LLAMA)
     with pytest.raises(ConfigError, match="rank"):
-        apply_lora(model, "llama", r=0)
+        apply_lora(model, "llama", **{**LORA, "r": 0})
     with pytest.raises(ConfigError, match="dropout"):
-        apply_lora(model, "llama", dropout=1.0)
+        apply_lora(model, "llama", **{**LORA, "dropout": 1.0})
     with pytest.raises(ConfigError, match="no LoRA adapters"):
         trainable_state(model)
-    apply_lora(model, "llama")
+    apply_lora(model, "llama", **LORA)
     with pytest.raises(ConfigError, match="already"):
-        apply_lora(model, "llama")
+        apply_lora(model, "llama", **LORA)

@@ -113,7 +113,7 @@ def test_lora_adapters_in_the_mlp_keep_the_selection() -> None:
     from lastpool.models.lora import apply_lora
 
     model = SequenceClassifier(_backbone("llama"), WIDTH, 3)
-    apply_lora(model, "llama", r=4, alpha=8)
+    apply_lora(model, "llama", r=4, alpha=8, dropout=0.05)
     for name, p in model.named_parameters():  # non-zero adapters, so they change the output
         if "lora_B" in name:
             nn.init.normal_(p, std=0.1)

@@ -390,3 +390,19 @@ def test_train_writes_report_plots_and_model_card(trained_run: Path) -> None:
     assert 0.0 <= metrics["data"]["truncated_share"] <= 1.0 and metrics["calibration"]["temperature"] > 0
     card = (trained_run / "model" / "README.md").read_text()
     assert "negative" in card and "positive" in card and "lastpool predict" in card
+
+
+def test_report_and_metrics_state_the_same_token_lengths(trained_run: Path) -> None:
+    """One formula for the median and the 95th percentile: report.md says what metrics.json records."""
+    data = json.loads((trained_run / "metrics.json").read_text())["data"]
+    markdown = (trained_run / "report.md").read_text()
+    assert (f"median {data['tokens_median']:g}, 95th percentile {data['tokens_p95']}, "
+            f"maximum {data['tokens_max']}") in markdown
+
+
+def test_length_summary_uses_the_true_median_and_nearest_rank_percentile() -> None:
+    from lastpool.evaluation.metrics import length_summary
+
+    facts = length_summary([1, 2, 3, 4], 3)
+    assert facts["tokens_median"] == 2.5 and facts["tokens_p95"] == 4 and facts["truncated_share"] == 0.25
+    assert length_summary(list(range(1, 21)), 100)["tokens_p95"] == 19  # rank ceil(0.95 * 20) = 19

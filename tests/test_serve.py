@@ -28,6 +28,7 @@ import uvicorn
 
 from lastpool import Classifier
 from lastpool.cli import main
+from lastpool.errors import ConfigError
 from lastpool.serving import MicroBatcher, create_app
 from lastpool.serving.app import bind_socket, url_of
 from lastpool.serving.batcher import BatcherClosedError, ModelCallError
@@ -272,13 +273,34 @@ def test_micro_batching_off_runs_each_request_alone(clf: Classifier) -> None:
     assert stats.requests == stats.model_calls == len(texts)
 
 
+def test_a_request_is_tokenized_once(model_dir: Path) -> None:
+    """The ids the batcher counts on arrival are the ids the model runs on: one tokenizer pass per
+    request (short texts), and the answer is predict's."""
+    counted = Classifier.load(model_dir)
+    assert counted.encoder is not None
+    passes: list[int] = []
+    tokenize = counted.encoder._ids
+
+    def counting(texts: list[str], truncate: bool = False) -> list[list[int]]:
+        passes.append(len(texts))
+        return tokenize(texts, truncate)
+
+    counted.encoder._ids = counting  # type: ignore[method-assign]
+    app = create_app(counted, batch_wait_ms=0)
+    texts = ["Profit rose.", "Sales fell sharply.", "The board met."]
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        response = http.post("/v1/classify", json={"texts": texts})
+    assert response.status_code == 200 and passes == [3]
+    assert [r["label"] for r in response.json()["results"]] == Classifier.load(model_dir).predict(texts)
+
+
 def test_model_failure_is_a_500_for_that_batch_only(clf: Classifier, model_dir: Path) -> None:
     """A model call that raises answers its requests with a JSON 500; the server keeps serving."""
 
-    def flaky(texts: list[str]) -> np.ndarray:
+    def flaky(texts: list[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
         if any("boom" in t for t in texts):
             raise RuntimeError("boom")
-        return clf.predict_proba(texts)
+        return clf.predict_proba(texts, token_ids=token_ids)
 
     broken = Classifier.load(model_dir)
     broken.predict_proba = flaky  # type: ignore[method-assign]
@@ -294,7 +316,8 @@ def test_model_failure_is_a_500_for_that_batch_only(clf: Classifier, model_dir: 
 
 
 def fake_model(calls: list[list[str]]) -> Any:
-    def predict(texts: list[str]) -> np.ndarray:
+    def predict(texts: list[str], ids: list[list[int]]) -> np.ndarray:
+        assert ids == words(texts)[0]  # the ids encoded on arrival reach the model with their texts
         calls.append(list(texts))
         if any("boom" in t for t in texts):
             raise ValueError("boom")
@@ -303,14 +326,16 @@ def fake_model(calls: list[list[str]]) -> Any:
     return predict
 
 
-def words(texts: list[str]) -> list[int]:
-    return [len(t.split()) for t in texts]
+def words(texts: list[str], max_length: int = 5) -> tuple[list[list[int]], list[int]]:
+    """An encoder of one token per word, cut at ``max_length``: (ids, lengths before the cut)."""
+    counts = [len(t.split()) for t in texts]
+    return [list(range(min(n, max_length))) for n in counts], counts
 
 
 def test_batcher_budgets_and_failures() -> None:
     async def scenario() -> None:
         calls: list[list[str]] = []
-        batcher = MicroBatcher(fake_model(calls), words, max_length=5, batch_wait_ms=300, max_batch_tokens=10,
+        batcher = MicroBatcher(fake_model(calls), words, batch_wait_ms=300, max_batch_tokens=10,
                                max_batch_texts=100)
         await batcher.start()
         # 4 + 4 tokens fit the budget of 10; the third request starts a new batch
@@ -387,6 +412,28 @@ def test_cli_rejects_bad_values(capsys: pytest.CaptureFixture[str], model_dir: P
         assert "cannot listen" in run_cli_fail(capsys, "serve", model, "--port", port)
     finally:
         busy.close()
+
+
+def test_server_settings_have_one_home(clf: Classifier) -> None:
+    """ServeConfig holds every server default and bound: create_app, serve and the flags all take them
+    from there, and the flags' help shows them."""
+    from lastpool.config import ServeConfig, serve_config
+
+    defaults = ServeConfig()
+    batcher = create_app(clf).state.batcher
+    assert (batcher.max_batch_tokens, batcher.max_batch_texts) == (defaults.max_batch_tokens, defaults.max_batch_texts)
+    assert create_app(clf, ServeConfig(max_batch_tokens=7), max_batch_texts=3).state.batcher.max_batch_tokens == 7
+    with pytest.raises(ConfigError, match="max_batch_texts"):
+        create_app(clf, max_batch_texts=0)
+    with pytest.raises(ConfigError, match="--max-batch-texts"):
+        serve_config({"max_batch_texts": 0}, flags=True)
+    assert serve_config({"log_level": "DEBUG"}).log_level == "debug"
+    from typer.testing import CliRunner
+
+    from lastpool.cli import app
+
+    shown = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "400"}).output
+    assert f"[{defaults.max_batch_tokens}]" in shown and f"[{defaults.host}]" in shown
 
 
 def test_sigterm_finishes_requests_in_flight(model_dir: Path, clf: Classifier) -> None:

@@ -18,6 +18,19 @@ import torch
 from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase
 
+from lastpool.artifact import (
+    SPEC_FILE,
+    FusionSpec,
+    LoraSpec,
+    ModelSpec,
+    PretrainedBackboneSpec,
+    ScratchBackboneSpec,
+    TokenizerSpec,
+    build_model,
+    language_model_spec,
+    load_model,
+    save_model,
+)
 from lastpool.config import AUTO, MIDDLE, RunConfig, make_config, without_recipe
 from lastpool.data.batching import EncodedDataset
 from lastpool.data.labels import LabelSet
@@ -31,20 +44,7 @@ from lastpool.evaluation.model_card import model_card
 from lastpool.fileio import staged_dir
 from lastpool.models.backbones import HFBackbone, decoder_blocks, load_backbone, middle_block, truncate_backbone
 from lastpool.models.bag_of_words import BagOfWords
-from lastpool.models.classifier_model import (
-    SPEC_FILE,
-    FusionSpec,
-    LoraSpec,
-    ModelSpec,
-    PretrainedBackboneSpec,
-    ScratchBackboneSpec,
-    SequenceClassifier,
-    TokenizerSpec,
-    build_model,
-    language_model_spec,
-    load_model,
-    save_model,
-)
+from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import GPTConfig
 from lastpool.models.label_head import CONTENT_FREE, content_free_bias, label_rows, output_embeddings
 from lastpool.models.lora import apply_lora, merge_lora
@@ -237,9 +237,7 @@ class Classifier:
         self.result: TrainResult | None = None
         self.feature_cache_hits: list[bool] = []
         self._bf16_runner: tuple[SequenceClassifier, torch.nn.Module] | None = None
-        self.calibration: dict[str, float] | None = None
         self.validation: dict[str, Any] | None = None  # texts, labels and kept-epoch logits of the last fit
-        self.data_info: dict[str, Any] = {}  # training data summary for the model card
         self.baseline: dict[str, Any] | None = None  # the bag-of-words baseline on the same split
         self.bag_of_words: BagOfWords | None = None  # its model, where it is fused with the LM
         self.layer_scores: list[float] | None = None  # --layer auto: cross-validated probe score per block
@@ -362,11 +360,11 @@ class Classifier:
         if cfg.fuse_baseline and fitted is not None and self.result.val_logits is not None:
             self._fuse(cfg, fitted[0], spec, val_texts, val_y, names)
         self.validation = {"texts": val_texts, "labels": list(val_y), "logits": self.result.val_logits}
-        self.data_info = {"source": data_name, "rows": len(texts),
-                          "class_counts": dict(sorted(Counter(str_labels).items()))}
+        spec.metrics["val_n"] = len(val_y)
+        spec.metrics["training_data"] = {"source": data_name, "rows": len(texts),
+                                         "class_counts": dict(sorted(Counter(str_labels).items()))}
         if cfg.calibrate and self.result.val_logits is not None:
-            spec.temperature, self.calibration = calibrate(self.result.val_logits, val_y)
-            spec.metrics["calibration"] = self.calibration
+            spec.temperature, spec.metrics["calibration"] = calibrate(self.result.val_logits, val_y)
         self.model, self.spec, self.encoder = model, spec, encoder
         return self
 
@@ -469,6 +467,17 @@ class Classifier:
         return self.model, self.spec, self.encoder
 
     @property
+    def calibration(self) -> dict[str, float] | None:
+        """The temperature-scaling record (``lastpool.json``'s ``metrics.calibration``), None when not fitted."""
+        return self.spec.metrics.get("calibration") if self.spec is not None else None
+
+    @property
+    def data_info(self) -> dict[str, Any]:
+        """The training data summary (source, rows, class counts) the model card shows; it is saved in
+        ``lastpool.json``, so a loaded model re-saves the same card."""
+        return dict(self.spec.metrics.get("training_data") or {}) if self.spec is not None else {}
+
+    @property
     def fusion(self) -> dict[str, Any] | None:
         """``metrics.json``'s ``fusion``: the share chosen, and the LM's own validation scores (None where no
         bag-of-words model was fitted)."""
@@ -478,10 +487,11 @@ class Classifier:
     def labels(self) -> list[str]:
         return list(self._require_fitted()[1].labels)
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
+    def logits(self, texts: Sequence[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
         """Logits [N, C] before the temperature: the language model's, plus the bag-of-words margins at the
-        fusion weight where the model has them."""
-        lm = self.language_model_logits(texts)
+        fusion weight where the model has them. ``token_ids``: the texts already encoded by this model's
+        encoder (the server tokenizes each request once)."""
+        lm = self.language_model_logits(texts, token_ids)
         fusion = self.spec.fusion if self.spec is not None else None
         if fusion is None or self.bag_of_words is None or not len(lm):
             return lm
@@ -495,10 +505,13 @@ class Classifier:
         alone.model, alone.spec, alone.encoder = model, language_model_spec(spec), encoder
         return alone
 
-    def language_model_logits(self, texts: Sequence[str]) -> np.ndarray:
+    def language_model_logits(self, texts: Sequence[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
         """The language model's logits alone (what an exported model computes)."""
         model, spec, encoder = self._require_fitted()
-        ids = encoder.encode(_check_texts(texts, "input"))
+        checked = _check_texts(texts, "input")
+        if token_ids is not None and len(token_ids) != len(checked):
+            raise ValueError(f"{len(token_ids)} rows of token ids for {len(checked)} texts")
+        ids = encoder.encode(checked) if token_ids is None else token_ids
         if not ids:
             return np.zeros((0, len(spec.labels)), dtype=np.float32)
         runner, precision = self._runner()
@@ -514,10 +527,10 @@ class Classifier:
             self._bf16_runner = (model, bf16_copy(model))
         return self._bf16_runner[1], "fp32"
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Class probabilities [N, C], columns in ``self.labels`` order."""
+    def predict_proba(self, texts: Sequence[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
+        """Class probabilities [N, C], columns in ``self.labels`` order (``token_ids``: as in ``logits``)."""
         _, spec, _ = self._require_fitted()
-        return softmax(self.logits(texts), spec.temperature)
+        return softmax(self.logits(texts, token_ids), spec.temperature)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most probable label name per text."""

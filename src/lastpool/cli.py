@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
+from lastpool.config import ServeConfig, serve_config
 from lastpool.errors import ConfigError, LastpoolError, TrainingStopped
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def train(
     model: Annotated[str | None, typer.Option(help="scratch, or a pretrained decoder: hub id, local folder or .gguf file [scratch]", rich_help_panel=MODEL)] = None,  # noqa: E501
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="run a hub model's own code [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
     grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="recompute activations to save memory [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each decoder block for training: faster steps on CPU after a one-off compile (~20 s; ~5 s once cached); needs a C++ compiler [off]", rich_help_panel=OPT)] = None,  # noqa: E501
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each decoder block for training: faster steps on CPU after a one-off compile (cached on disk); needs a C++ compiler [off]", rich_help_panel=OPT)] = None,  # noqa: E501
     layer: Annotated[str | None, typer.Option(callback=_layer_value, help="pretrained: pool the hidden states after block N; later blocks and the final norm are dropped; auto: the block a cross-validated linear probe scores best on the training split; middle: the block at half the model's depth (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
     final_norm: Annotated[bool | None, typer.Option("--final-norm/--no-final-norm", help="with --layer N or middle: keep the final norm after that block, so the model is the family with N blocks (export --format hf accepts it) (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
     mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features), top-N (train the last N blocks; the frozen ones run once) or zeroshot (no training: the LM's scores for the label words, calibrated) [auto: full for scratch, top-4 for a pretrained model]", rich_help_panel=OPT)] = None,  # noqa: E501
@@ -240,7 +241,7 @@ CV = "Cross-validation"
 def _resampling_setup(command: str, cfg: RunConfig, folds: int, seeds: int) -> tuple[Path, Table, list[int], int]:
     """What cv and compare check and load before training: the output folder, the data, the seeds and
     how many models one setting trains."""
-    from lastpool.evaluation.crossval import fold_plan
+    from lastpool.crossval import fold_plan
     from lastpool.runs import check_output_dir, default_run_dir
 
     if seeds < 1:
@@ -264,7 +265,7 @@ def cross_validation(
     **options: Any,
 ) -> None:
     """Cross-validate a training config: mean, std and 95% CI of every metric; writes cv.json and reports."""
-    from lastpool.evaluation.crossval import cross_validate
+    from lastpool.crossval import cross_validate
     from lastpool.evaluation.crossval_report import cv_html, cv_markdown
 
     cfg = _run_config(options)
@@ -294,7 +295,7 @@ def compare_settings(
     """Compare settings on the same folds and seeds: give --pooling, --mode and/or --model comma-separated
     values (e.g. --pooling last,mean,max,first); a winner is named only when it beats the runner-up beyond
     the noise (paired t-test, p < 0.05)."""
-    from lastpool.evaluation.crossval import SUMMARY_METRICS, compare, settings_grid
+    from lastpool.crossval import SUMMARY_METRICS, compare, settings_grid
     from lastpool.evaluation.crossval_report import compare_html, compare_markdown, verdict_text
 
     if metric not in SUMMARY_METRICS:
@@ -550,41 +551,42 @@ def export_model(
                   f"(share {clf.spec.fusion.share:g}) stays in lastpool's model folder{scores}")
 
 
+def _serve_help(name: str) -> str:
+    """A serve flag's help: ServeConfig's description and default (the one home of both)."""
+    field = ServeConfig.model_fields[name]
+    return f"{field.description} [{field.default}]"
+
+
 @app.command()
 def serve(
     model: Annotated[str, typer.Argument(help="run directory or model folder")],
-    host: Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",  # noqa: E501
-    port: Annotated[int, typer.Option(help="TCP port; 0 = any free port (the line printed on start names it)")] = 8000,  # noqa: E501
-    max_batch: Annotated[int, typer.Option(help="most texts in one request (413 beyond)")] = 64,
-    max_body_bytes: Annotated[int, typer.Option(help="largest request body in bytes (413 beyond)")] = 1_000_000,
-    api_key: Annotated[str | None, typer.Option(envvar="LASTPOOL_API_KEY", show_envvar=True, help="require 'Authorization: Bearer KEY' on /v1/*")] = None,  # noqa: E501
-    batch_wait_ms: Annotated[float, typer.Option(help="micro-batching: how long the first request of a batch waits for others")] = 5.0,  # noqa: E501
-    max_batch_tokens: Annotated[int, typer.Option(help="micro-batching: token budget of one model call")] = 4096,
-    micro_batching: Annotated[bool, typer.Option("--micro-batching/--no-micro-batching", help="run concurrent requests' texts in one model call")] = True,  # noqa: E501
-    log_level: Annotated[str, typer.Option(help="critical, error, warning, info (with access log) or debug")] = "info",  # noqa: E501
+    host: Annotated[str | None, typer.Option(help=_serve_help("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_serve_help("port"))] = None,
+    max_batch: Annotated[int | None, typer.Option(help=_serve_help("max_batch"))] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help=_serve_help("max_body_bytes"))] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LASTPOOL_API_KEY", show_envvar=True,
+                                                help=_serve_help("api_key"))] = None,
+    batch_wait_ms: Annotated[float | None, typer.Option(help=_serve_help("batch_wait_ms"))] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(help=_serve_help("max_batch_tokens"))] = None,
+    max_batch_texts: Annotated[int | None, typer.Option(help=_serve_help("max_batch_texts"))] = None,
+    micro_batching: Annotated[bool | None, typer.Option("--micro-batching/--no-micro-batching",
+                                                        help=_serve_help("micro_batching"))] = None,
+    log_level: Annotated[str | None, typer.Option(help=_serve_help("log_level"))] = None,
 ) -> None:
     """Serve a model over HTTP: POST /v1/classify, GET /v1/model, GET /health, docs at /docs. Stops
     gracefully on SIGTERM or Ctrl-C (requests in flight are answered first)."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535 (got {port})")
-    for flag, value in (("--max-batch", max_batch), ("--max-body-bytes", max_body_bytes),
-                        ("--max-batch-tokens", max_batch_tokens)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be positive (got {value})")
-    if not batch_wait_ms >= 0:  # also catches nan
-        raise ConfigError(f"--batch-wait-ms must be 0 or more (got {batch_wait_ms})")
-    if api_key is not None and not api_key.strip():
-        raise ConfigError("--api-key (or LASTPOOL_API_KEY) is empty")
+    given = {"host": host, "port": port, "max_batch": max_batch, "max_body_bytes": max_body_bytes,
+             "api_key": api_key, "batch_wait_ms": batch_wait_ms, "max_batch_tokens": max_batch_tokens,
+             "max_batch_texts": max_batch_texts, "micro_batching": micro_batching, "log_level": log_level}
+    cfg = serve_config({name: value for name, value in given.items() if value is not None}, flags=True)
     from lastpool.serving.app import serve as run_server
 
     def announce(url: str) -> None:
-        auth = ", API key required on /v1/*" if api_key else ""
+        auth = ", API key required on /v1/*" if cfg.api_key else ""
         sys.stderr.write(f"serving {model} at {url}  (docs: {url}/docs{auth}; Ctrl-C or SIGTERM to stop)\n")
         sys.stderr.flush()
 
-    run_server(model, host, port, max_batch=max_batch, max_body_bytes=max_body_bytes, api_key=api_key,
-               batch_wait_ms=batch_wait_ms, max_batch_tokens=max_batch_tokens, micro_batching=micro_batching,
-               log_level=log_level.lower(), announce=announce)
+    run_server(model, cfg, announce=announce)
 
 
 # typer >= 0.2x ships its own copy of click (``typer._click``) whose exceptions are not click's, so

@@ -1,24 +1,27 @@
-"""The run configuration: one typed, flat set of fields, read from YAML and overridden by CLI flags.
+"""Every setting, typed: ``RunConfig`` (training, read from YAML and overridden by CLI flags) and
+``ServeConfig`` (the server), with their defaults, bounds and descriptions, and the vocabularies
+settings take (``PoolingName``).
 
 Flat on purpose: every field has exactly one CLI flag of the same name (``max_length`` is
 ``--max-length``), so "every field a flag can override" holds by construction. The resolved config is
-saved with each run.
+saved with each run. It imports no torch, so the command line builds its help from it quickly.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lastpool.errors import ConfigError
-from lastpool.models.pooling import PoolingName
 from lastpool.recipes import default_mode, recipe
 
 AUTO = "auto"
 MIDDLE = "middle"  # --layer middle: the block at half the depth
+PoolingName = Literal["last", "mean", "max", "first"]  # models/pooling.py implements each
+POOLING_NAMES: tuple[str, ...] = get_args(PoolingName)
 RECORDS = frozenset({"from_recipe"})  # fields that record how a config was resolved: no flag sets them
 
 
@@ -231,3 +234,57 @@ def resolve_config(config_file: str | None, overrides: dict[str, Any],
 
 def dump_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class ServeConfig(BaseModel):
+    """The server's settings: ``lastpool serve``'s flags (``max_batch`` is ``--max-batch``; their help is
+    built from these fields), the arguments of ``serving.create_app`` and ``serving.serve``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="address to listen on; 0.0.0.0 exposes the server to the "
+                                                       "network")
+    port: int = Field(default=8000, ge=0, le=65535,
+                      description="TCP port; 0 = any free port (the line printed on start names it)")
+    max_batch: int = Field(default=64, ge=1, description="most texts in one request (413 beyond)")
+    max_body_bytes: int = Field(default=1_000_000, ge=1, description="largest request body in bytes (413 beyond)")
+    api_key: str | None = Field(default=None, description="require 'Authorization: Bearer KEY' on /v1/*")
+    batch_wait_ms: float = Field(default=5.0, ge=0.0, allow_inf_nan=False,
+                                 description="micro-batching: how long the first request of a batch waits for others")
+    max_batch_tokens: int = Field(default=4096, ge=1, description="micro-batching: token budget of one model call")
+    max_batch_texts: int = Field(default=256, ge=1, description="micro-batching: most texts in one model call")
+    micro_batching: bool = Field(default=True, description="run concurrent requests' texts in one model call")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="critical, error, warning, info (with access log) or debug")
+    timeout_graceful_shutdown: int = Field(default=30, ge=0, description="seconds to answer requests in flight "
+                                                                         "on SIGTERM before stopping")
+
+    @field_validator("api_key")
+    @classmethod
+    def _not_blank(cls, key: str | None) -> str | None:
+        if key is not None and not key.strip():
+            raise ValueError("the API key is empty")
+        return key
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, level: Any) -> Any:
+        return level.lower() if isinstance(level, str) else level
+
+
+def serve_config(values: dict[str, Any], flags: bool = False) -> ServeConfig:
+    """Validate server settings; errors become one ConfigError line naming the setting (as its
+    ``--flag`` when ``flags``)."""
+    try:
+        return ServeConfig.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "settings"
+        where = "--" + name.replace("_", "-") if flags else name
+        if flags and name == "api_key":
+            where += " (or LASTPOOL_API_KEY)"
+        got = "" if name == "api_key" else f" (got {err.get('input')!r})"  # never echo a secret
+        raise ConfigError(f"invalid server setting {where}: {err['msg']}{got}") from None

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lastpool.data.batching import PaddingCollator
+from lastpool.artifact import PretrainedBackboneSpec, language_model_spec
+from lastpool.data.batching import PaddingCollator, rows_in_input_order
 from lastpool.errors import ConfigError, ModelLoadError
 from lastpool.fileio import staged_dir, staged_file
 from lastpool.models.backbones import HFBackbone
-from lastpool.models.classifier_model import PretrainedBackboneSpec, SequenceClassifier, language_model_spec
+from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.text.tokenizers import TEXT_SLOT
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ class OnnxClassifier:
         from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
 
-        from lastpool.models.classifier_model import ModelSpec
+        from lastpool.artifact import ModelSpec
         from lastpool.text.tokenizers import TextEncoder
 
         if not path.is_file():
@@ -226,16 +227,17 @@ class OnnxClassifier:
         return list(self.spec.labels)
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        from lastpool.data.batching import token_budget_batches
-
         ids = self.encoder.encode(texts)
-        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        if not ids:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
         collate = PaddingCollator(self.pad_token_id, self.spec.padding_side)
-        for batch_indices in token_budget_batches([len(x) for x in ids], 2048, 256):
+
+        def run(batch_indices: list[int]) -> np.ndarray:
             batch = collate([(ids[i], -1) for i in batch_indices])
-            out[batch_indices] = self.session.run(["logits"], {"input_ids": batch["input_ids"].numpy(),
-                                                               "attention_mask": batch["attention_mask"].numpy()})[0]
-        return out
+            feeds = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
+            return np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float32)
+
+        return rows_in_input_order([len(x) for x in ids], run, 2048, 256)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         from lastpool.training.inference import softmax

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lastpool.errors import ConfigError
+
+_CHUNK = 1 << 20
 
 
 def nearest_existing(path: Path) -> Path:
@@ -100,3 +103,17 @@ def staged_dir(target: Path, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def default_cache_dir() -> Path:
+    """Root of lastpool's caches: ``$LASTPOOL_CACHE`` or ``~/.cache/lastpool``."""
+    return Path(os.environ.get("LASTPOOL_CACHE", "~/.cache/lastpool")).expanduser()
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (model files are too big to read at once)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

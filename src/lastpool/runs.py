@@ -15,6 +15,7 @@ from typing import Any
 from lastpool.classifier import Classifier
 from lastpool.config import RunConfig, dump_yaml
 from lastpool.errors import ConfigError
+from lastpool.evaluation.metrics import length_summary
 from lastpool.fileio import check_writable_dir, staged_dir
 
 
@@ -41,16 +42,6 @@ def check_output_file(path: Path, what: str = "--output") -> None:
 
 def data_summary(texts: list[str], labels: list[str], source: str) -> dict[str, Any]:
     return {"source": source, "rows": len(texts), "class_counts": dict(sorted(Counter(labels).items()))}
-
-
-def length_summary(lengths: list[int], max_length: int) -> dict[str, Any]:
-    """Token-length facts for metrics.json (the full list goes only into the report's histogram)."""
-    if not lengths:
-        return {}
-    ordered = sorted(lengths)
-    return {"max_length": max_length, "tokens_median": ordered[len(ordered) // 2],
-            "tokens_p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "tokens_max": ordered[-1],
-            "truncated_share": sum(n > max_length for n in lengths) / len(lengths)}
 
 
 def run_report(clf: Classifier, config: RunConfig, data: dict[str, Any], token_lengths: list[int]) -> Any:

@@ -8,7 +8,7 @@ fill a token budget.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -117,6 +117,20 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
     if current:
         batches.append(current)
     return batches
+
+
+def rows_in_input_order(lengths: Sequence[int], run: Callable[[list[int]], np.ndarray], max_tokens: int,
+                        max_batch: int) -> np.ndarray:
+    """``run(indices) -> rows [len(indices), ...]`` over the token-budget batches of ``lengths``, the rows
+    put back in the input order: the one batching loop of every inference path (predict, features,
+    cached hidden states, ONNX). Empty ``lengths`` give an empty array."""
+    batches = token_budget_batches(lengths, max_tokens, max_batch)
+    if not batches:
+        return np.zeros((0,), dtype=np.float32)
+    stacked = np.concatenate([np.asarray(run(batch)) for batch in batches])
+    in_order = np.empty_like(stacked)
+    in_order[np.concatenate([np.asarray(batch) for batch in batches])] = stacked
+    return in_order
 
 
 class PaddingCollator:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,3 +54,14 @@ def classification_metrics(
         result["log_loss"] = float(log_loss(y_true, probabilities, labels=labels))
         result["ece"] = expected_calibration_error(probabilities, y_true)
     return result
+
+
+def length_summary(lengths: Sequence[int], max_length: int) -> dict[str, Any]:
+    """Token-length facts of a run's texts (before truncation), for metrics.json and the report alike: the
+    median, the nearest-rank 95th percentile, the maximum and the share longer than ``max_length``."""
+    if not lengths:
+        return {}
+    ordered = sorted(int(n) for n in lengths)
+    return {"max_length": max_length, "tokens_median": statistics.median(ordered),
+            "tokens_p95": ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)], "tokens_max": ordered[-1],
+            "truncated_share": sum(n > max_length for n in ordered) / len(ordered)}

@@ -129,7 +129,7 @@ def _metric(metrics: Mapping[str, Any], name: str) -> Any:
 
 def _validation_lines(metrics: Mapping[str, Any], intervals: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
     accuracy, macro_f1 = _metric(metrics, "accuracy"), _metric(metrics, "macro_f1")
-    n = metrics.get("n")
+    n = _metric(metrics, "n")
     if accuracy is None and macro_f1 is None:
         return ["No validation metrics were recorded for this model."]
     lines = [f"Measured on {n} held-out validation texts." if n else "Measured on the held-out validation texts.", ""]
@@ -194,7 +194,7 @@ def model_card(spec: dict[str, Any], data: dict[str, Any], metrics: dict[str, An
     max_length = spec.get("max_length", data.get("max_length"))
     source = str(data.get("source", "unknown"))
     rows = data.get("rows", sum(counts.values()))
-    n = metrics.get("n")
+    n = _metric(metrics, "n")
 
     out = [_front_matter(spec), "", f"# Text classifier: {md_text(' / '.join(labels))}", ""]
     out.append(f"A lastpool classifier (a decoder language model with a linear head) that assigns each text one of "

@@ -12,14 +12,13 @@ import base64
 import html
 import json
 import math
-import statistics
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lastpool.evaluation import plots
 from lastpool.evaluation.baseline import beats_baseline_text
+from lastpool.evaluation.metrics import length_summary
 from lastpool.evaluation.model_card import md_code, md_text, wilson_interval
 from lastpool.fileio import atomic_write_text, staged_file
 
@@ -107,11 +106,6 @@ def _config_value(value: Any) -> str:
 
 def _shorten(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _percentile(values: Sequence[int], q: float) -> int:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 # ----------------------------------------------------------------------------- content
@@ -207,11 +201,12 @@ def _data(report: RunReport, images: set[str]) -> list[Block]:
     lengths = [int(v) for v in data.get("token_lengths") or []]
     max_length = data.get("max_length")
     if lengths and max_length is not None:
+        facts = length_summary(lengths, int(max_length))  # the numbers metrics.json records
         truncated = sum(v > int(max_length) for v in lengths)
         blocks.append(Para([
-            f"Tokens per text before truncation: median {statistics.median(lengths):g}, "
-            f"95th percentile {_percentile(lengths, 0.95)}, maximum {max(lengths)}. "
-            f"{truncated / len(lengths):.1%} of texts ({truncated} of {len(lengths)}) are longer than "
+            f"Tokens per text before truncation: median {facts['tokens_median']:g}, "
+            f"95th percentile {facts['tokens_p95']}, maximum {facts['tokens_max']}. "
+            f"{facts['truncated_share']:.1%} of texts ({truncated} of {len(lengths)}) are longer than "
             f"max_length = {max_length} tokens and were cut to fit."
         ]))
     if "token_lengths" in images:

@@ -14,7 +14,6 @@ safetensors under ``$LASTPOOL_CACHE/gguf/<sha256 of the file>`` and later loads 
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import shutil
 import tempfile
@@ -28,11 +27,11 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 from lastpool.errors import ConfigError, ModelLoadError
+from lastpool.fileio import default_cache_dir, sha256_file
 from lastpool.hub import load_failure, looks_local, offline
 
 GGUF_MAGIC = b"GGUF"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
-_CHUNK = 1 << 20
 
 
 class HFBackbone(nn.Module):
@@ -186,15 +185,6 @@ def truncate_backbone(backbone: HFBackbone, layer: int, keep_norm: bool = False)
     return backbone
 
 
-def sha256_file(path: Path | str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (model files are too big to read at once)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _sdpa_unsupported(exc: Exception) -> bool:
     """Whether ``exc`` is transformers refusing SDPA for this architecture (e.g. Gemma 2's softcapping)."""
     text = str(exc)
@@ -237,7 +227,7 @@ def _from_pretrained(name: str, **kwargs: Any) -> PreTrainedModel:
         common["use_safetensors"] = True
     if kwargs.get("local_files_only"):
         # With peft installed, transformers first looks for an adapter_config.json on the Hub and does
-        # not pass local_files_only on, so an offline hub id would retry the network for ~20 s.
+        # not pass local_files_only on, so an offline hub id would retry the network first.
         common["adapter_kwargs"] = {"local_files_only": True}
     try:
         model, info = AutoModel.from_pretrained(name, attn_implementation="sdpa", **common)
@@ -259,11 +249,6 @@ def _from_pretrained(name: str, **kwargs: Any) -> PreTrainedModel:
     return model  # already float32 (``dtype``); ``.float()`` is refused on GGUF-loaded models
 
 
-
-
-def default_cache_dir() -> Path:
-    """Root of lastpool's caches: ``$LASTPOOL_CACHE`` or ``~/.cache/lastpool``."""
-    return Path(os.environ.get("LASTPOOL_CACHE", "~/.cache/lastpool")).expanduser()
 
 
 def load_backbone(

@@ -120,9 +120,9 @@ def _outside_backbone(classifier: SequenceClassifier) -> dict[str, torch.Tensor]
     return {name: tensor for name, tensor in classifier.state_dict().items() if not name.startswith("backbone.")}
 
 
-def apply_lora(classifier: SequenceClassifier, model_type: str, r: int = 8, alpha: int = 16,
-               dropout: float = 0.05) -> None:
+def apply_lora(classifier: SequenceClassifier, model_type: str, *, r: int, alpha: int, dropout: float) -> None:
     """Wrap the backbone with LoRA adapters in place; freeze the base weights, keep the head trainable.
+    (No defaults here: the run's config, or the saved ``LoraSpec``, is the one home of these settings.)
 
     The adapters' B matrices start at zero, so the classifier's outputs are unchanged until training.
     """

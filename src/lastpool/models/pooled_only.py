@@ -2,8 +2,8 @@
 
 A classifier reads one position per row from the last block's output: the pooled token (the last real
 token, or the first for ``first`` pooling). That block's attention needs keys and values at every
-position, but its MLP is position-wise, so what it computes at any other position is never read: for
-SmolLM2-135M it is about 2.5% of the model's FLOPs, forward and backward, spent on nothing.
+position, but its MLP is position-wise, so what it computes at any other position is never read: a
+whole MLP pass over every other position, forward and backward, spent on nothing.
 transformers computes it everywhere.
 
 ``PooledTokenMLP`` hooks the last block's MLP (hooks, not a wrapper module, so parameter names, saved

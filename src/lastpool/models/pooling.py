@@ -8,12 +8,9 @@ that end in EOS and ``inputs_embeds``.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 
-PoolingName = Literal["last", "mean", "max", "first"]
-POOLING_NAMES: tuple[str, ...] = get_args(PoolingName)
+from lastpool.config import POOLING_NAMES
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

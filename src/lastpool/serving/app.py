@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lastpool.artifact import PretrainedBackboneSpec
+from lastpool.config import ServeConfig, serve_config
 from lastpool.errors import ConfigError
-from lastpool.models.classifier_model import PretrainedBackboneSpec
 from lastpool.serving.batcher import BatcherClosedError, MicroBatcher, ModelCallError
 from lastpool.version import __version__
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 
 API_PREFIX = "/v1"
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 ERROR_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 422: "validation_error", 500: "internal_error", 503: "unavailable"}
 
@@ -217,34 +217,20 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
     return "validation_error", "; ".join(parts) + more
 
 
-def create_app(
-    clf: Classifier,
-    *,
-    max_batch: int = 64,
-    max_body_bytes: int = 1_000_000,
-    api_key: str | None = None,
-    batch_wait_ms: float = 5.0,
-    max_batch_tokens: int = 4096,
-    micro_batching: bool = True,
-    max_batch_texts: int = 256,
-    model_name: str | None = None,
-) -> FastAPI:
+def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name: str | None = None,
+               **settings: Any) -> FastAPI:
     """The FastAPI app serving ``clf``; ``app.state.batcher`` is its ``MicroBatcher`` (with ``stats``).
 
-    ``max_batch`` bounds the texts of one request (413 beyond), ``max_batch_texts`` and
-    ``max_batch_tokens`` those of one micro-batch (several requests). ``api_key`` protects ``/v1/*``.
+    ``config`` (or ``ServeConfig``'s fields as keywords, which override it): ``max_batch`` bounds the
+    texts of one request (413 beyond), ``max_batch_texts`` and ``max_batch_tokens`` those of one
+    micro-batch (several requests); ``api_key`` protects ``/v1/*``. Host, port and the log level are
+    ``serve``'s.
     """
     spec, encoder = clf.spec, clf.encoder
     if spec is None or encoder is None:
         raise ConfigError("create_app needs a fitted or loaded Classifier")
-    for name, value in (("max_batch", max_batch), ("max_body_bytes", max_body_bytes),
-                        ("max_batch_tokens", max_batch_tokens), ("max_batch_texts", max_batch_texts)):
-        if value < 1:
-            raise ConfigError(f"{name} must be positive (got {value})")
-    if batch_wait_ms < 0:
-        raise ConfigError(f"batch_wait_ms must be >= 0 (got {batch_wait_ms})")
-    if api_key is not None and not api_key.strip():
-        raise ConfigError("the API key is empty")
+    cfg = serve_config({**(config.model_dump(exclude_unset=True) if config is not None else {}), **settings})
+    max_batch, max_body_bytes, api_key = cfg.max_batch, cfg.max_body_bytes, cfg.api_key
 
     labels = list(spec.labels)
     max_length = spec.max_length
@@ -252,9 +238,9 @@ def create_app(
     backbone = spec.backbone.source if isinstance(spec.backbone, PretrainedBackboneSpec) else "scratch"
     ref = ModelRef(id=hashlib.sha256(spec.model_dump_json().encode("utf-8")).hexdigest()[:12], name=model_name,
                    backbone=backbone)
-    batcher = MicroBatcher(clf.predict_proba, encoder.lengths, max_length=max_length, batch_wait_ms=batch_wait_ms,
-                           max_batch_tokens=max_batch_tokens, max_batch_texts=max(max_batch_texts, 1),
-                           enabled=micro_batching)
+    batcher = MicroBatcher(lambda texts, ids: clf.predict_proba(texts, token_ids=ids), encoder.encode_counted,
+                           batch_wait_ms=cfg.batch_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
+                           max_batch_texts=cfg.max_batch_texts, enabled=cfg.micro_batching)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -381,41 +367,25 @@ class AnnouncingServer(uvicorn.Server):
             self._on_started()
 
 
-def serve(
-    model_path: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    max_batch: int = 64,
-    max_body_bytes: int = 1_000_000,
-    api_key: str | None = None,
-    batch_wait_ms: float = 5.0,
-    max_batch_tokens: int = 4096,
-    micro_batching: bool = True,
-    log_level: str = "info",
-    timeout_graceful_shutdown: int = 30,
-    announce: Callable[[str], None] | None = None,
-) -> None:
+def serve(model_path: str | Path, config: ServeConfig | None = None, *,
+          announce: Callable[[str], None] | None = None, **settings: Any) -> None:
     """Load the model and serve it with uvicorn until SIGTERM/SIGINT; then stop accepting, answer the
     requests in flight (for at most ``timeout_graceful_shutdown`` seconds) and return normally.
 
-    ``announce(url)`` is called once the server accepts connections.
+    ``config`` or ``ServeConfig``'s fields as keywords; ``announce(url)`` is called once the server
+    accepts connections.
     """
     from lastpool.classifier import Classifier
 
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"port must be between 0 and 65535 (got {port})")
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)} (got {log_level!r})")
+    cfg = serve_config({**(config.model_dump(exclude_unset=True) if config is not None else {}), **settings})
+    host, port, log_level = cfg.host, cfg.port, cfg.log_level
     clf = Classifier.load(model_path)
-    app = create_app(clf, max_batch=max_batch, max_body_bytes=max_body_bytes, api_key=api_key,
-                     batch_wait_ms=batch_wait_ms, max_batch_tokens=max_batch_tokens, micro_batching=micro_batching,
-                     model_name=Path(model_path).resolve().name)
+    app = create_app(clf, cfg, model_name=Path(model_path).resolve().name)
     sock = bind_socket(host, port)
     url = url_of(sock)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=timeout_graceful_shutdown,
-                            lifespan="on", access_log=log_level in ("debug", "trace", "info"))
-    server = AnnouncingServer(config, lambda: announce(url) if announce is not None else None)
+    uvicorn_config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=cfg.timeout_graceful_shutdown,
+                                    lifespan="on", access_log=log_level in ("debug", "trace", "info"))
+    server = AnnouncingServer(uvicorn_config, lambda: announce(url) if announce is not None else None)
     # uvicorn re-raises the signal that stopped it, once it has shut down, under the handler that was in
     # place before it started. This handler there makes a graceful stop end in a normal return (exit 0)
     # rather than death by SIGTERM or a KeyboardInterrupt, and a signal that comes before uvicorn has

@@ -2,7 +2,8 @@
 
 A forward pass over 16 short texts costs little more than over one, so under concurrent load the
 server gathers the texts of the requests that arrive within a few milliseconds (or until a token or
-text budget is full) and runs ``predict_proba`` once for all of them. Every model call, and every use
+text budget is full) and runs the model once for all of them. Each text is tokenized once, on arrival:
+the ids count against the token budget and are what the model runs on. Every model call, and every use
 of the tokenizer (a fast tokenizer is not safe to use from two threads at once), runs in one worker
 thread, so the event loop keeps accepting requests while the model computes and the model never runs
 twice at the same time.
@@ -45,9 +46,14 @@ class BatcherStats:
     largest_batch_requests: int = 0
 
 
+Encode = Callable[[list[str]], tuple[list[list[int]], list[int]]]  # texts -> (ids, lengths before truncation)
+Predict = Callable[[list[str], list[list[int]]], np.ndarray]  # (texts, their ids) -> [N, C]
+
+
 @dataclass
 class _Pending:
     texts: list[str]
+    ids: list[list[int]]
     tokens: int
     enqueued: float
     future: asyncio.Future[np.ndarray] = field(repr=False)
@@ -56,20 +62,19 @@ class _Pending:
 class MicroBatcher:
     """Queue requests, run them in as few ``predict`` calls as the limits allow, answer each with its rows.
 
-    ``predict(texts) -> [N, C]`` and ``count_tokens(texts) -> tokens per text`` run in the worker
-    thread. A batch closes when ``batch_wait_ms`` have passed since its first request arrived, or when
-    adding the next request would exceed ``max_batch_tokens`` (tokens after truncation, as counted by
-    ``count_tokens`` and capped at ``max_length``) or ``max_batch_texts``. A request is never split, so
+    ``encode(texts) -> (token ids, tokens per text before truncation)`` and ``predict(texts, ids) -> [N, C]``
+    run in the worker thread. A batch closes when ``batch_wait_ms`` have passed since its first request
+    arrived, or when adding the next request would exceed ``max_batch_tokens`` (the ids' tokens, that
+    is after truncation) or ``max_batch_texts``. A request is never split, so
     one request over a budget forms a batch of its own. With ``enabled=False`` every request runs its
     own ``predict`` call (still in the worker thread, one at a time).
     """
 
     def __init__(
         self,
-        predict: Callable[[list[str]], np.ndarray],
-        count_tokens: Callable[[list[str]], list[int]],
+        predict: Predict,
+        encode: Encode,
         *,
-        max_length: int | None = None,
         batch_wait_ms: float = 5.0,
         max_batch_tokens: int = 4096,
         max_batch_texts: int = 256,
@@ -80,8 +85,7 @@ class MicroBatcher:
         if max_batch_tokens < 1 or max_batch_texts < 1:
             raise ValueError("max_batch_tokens and max_batch_texts must be positive")
         self._predict = predict
-        self._count_tokens = count_tokens
-        self.max_length = max_length
+        self._encode = encode
         self.batch_wait = batch_wait_ms / 1000.0
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_texts = max_batch_texts
@@ -143,26 +147,26 @@ class MicroBatcher:
         if not self.enabled:
             probabilities, lengths = await self.run_in_worker(lambda: self._predict_alone(items))
             return probabilities, lengths
-        lengths = await self.run_in_worker(lambda: self._count_tokens(items))
+        ids, lengths = await self.run_in_worker(lambda: self._encode(items))
         if self._closing:
             raise BatcherClosedError("the server is shutting down")
         loop = asyncio.get_running_loop()
-        tokens = sum(max(1, min(n, self.max_length) if self.max_length else n) for n in lengths)
+        tokens = sum(max(1, len(row)) for row in ids)
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._pending.append(_Pending(items, tokens, loop.time(), future))
+        self._pending.append(_Pending(items, ids, tokens, loop.time(), future))
         assert self._wakeup is not None
         self._wakeup.set()
         return await future, lengths
 
     def _predict_alone(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        """Micro-batching off: count and predict one request in one trip to the worker thread."""
-        lengths = self._count_tokens(texts)
+        """Micro-batching off: encode and predict one request in one trip to the worker thread."""
+        ids, lengths = self._encode(texts)
         self.stats.requests += 1
         self.stats.texts += len(texts)
         self.stats.model_calls += 1
         self._note_batch(len(texts), 1)
         try:
-            return self._predict(texts), lengths
+            return self._predict(texts, ids), lengths
         except Exception as exc:
             self.stats.failed_calls += 1
             logger.error("model call failed for one request of %d texts", len(texts), exc_info=exc)
@@ -215,13 +219,14 @@ class MicroBatcher:
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         texts = [text for item in batch for text in item.texts]
+        ids = [row for item in batch for row in item.ids]
         self.stats.requests += len(batch)
         self.stats.texts += len(texts)
         self.stats.model_calls += 1
         self._note_batch(len(texts), len(batch))
         assert self._executor is not None
         try:
-            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, texts)
+            probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, texts, ids)
         except Exception as exc:
             self.stats.failed_calls += 1
             logger.error("model call failed for a batch of %d requests (%d texts)", len(batch), len(texts),

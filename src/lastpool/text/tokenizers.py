@@ -70,7 +70,7 @@ def load_pretrained_tokenizer(source: str, trust_remote_code: bool = False) -> P
         if looks_local(source, path):
             raise ModelLoadError(f"tokenizer {source}: not a folder, a .gguf file or a hub id")
         # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it now so that setting it later
-        # still means "no network" (instead of ~45 s of connection retries before failing).
+        # still means "no network" (instead of connection retries before failing).
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
                                              local_files_only=offline())
     except ModelLoadError:
@@ -94,8 +94,7 @@ def check_prompt(prompt: str) -> str:
 def _gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """The tokenizer inside a GGUF file; parsed once (about 6 s), then read from the cache beside the
     dequantized weights (``$LASTPOOL_CACHE/gguf/<sha256>.tokenizer``) in well under a second."""
-    from lastpool.fileio import staged_dir
-    from lastpool.models.backbones import default_cache_dir, sha256_file
+    from lastpool.fileio import default_cache_dir, sha256_file, staged_dir
 
     if not path.is_file():
         raise ModelLoadError(f"tokenizer file {path} does not exist")
@@ -159,11 +158,23 @@ class TextEncoder:
         """Token ids per text, prompt and special tokens added, at most ``max_length``; no padding."""
         if not texts:
             return []
-        if self.prompt == TEXT_SLOT:
+        if self.prompt == TEXT_SLOT:  # the tokenizer truncates in the same pass
             return self._ids(list(texts), truncate=True)
-        rows = self._ids([self._wrap(text) for text in texts])
-        return [ids if len(ids) <= self.max_length else self._cut_to_fit(text, len(ids))
-                for text, ids in zip(texts, rows, strict=True)]
+        return self.encode_counted(texts)[0]
+
+    def encode_counted(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        """``encode``'s ids and ``lengths``' counts from one tokenizer pass (texts longer than
+        ``max_length`` are cut and tokenized again): what a server needs for each request."""
+        rows = self._ids([self._wrap(text) for text in texts]) if texts else []
+        lengths = [len(ids) for ids in rows]
+        long = [i for i, n in enumerate(lengths) if n > self.max_length]
+        if long and self.prompt == TEXT_SLOT:
+            for i, ids in zip(long, self._ids([texts[i] for i in long], truncate=True), strict=True):
+                rows[i] = ids
+        else:
+            for i in long:
+                rows[i] = self._cut_to_fit(texts[i], lengths[i])
+        return rows, lengths
 
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text (prompt and special tokens included) before truncation: what the report's

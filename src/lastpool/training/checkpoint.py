@@ -43,11 +43,12 @@ FILES = ("model.safetensors", "best.safetensors", "tensors.safetensors", "optimi
 @dataclass
 class CheckpointSettings:
     """Where and how often a run saves checkpoints (``every``: optimizer steps; None: epoch ends and
-    interruptions only)."""
+    interruptions only) and how many of the newest survive (no default: ``keep_checkpoints`` in the run's
+    config is its one home)."""
 
     folder: Path
+    keep: int
     every: int | None = None
-    keep: int = 2
 
 
 @dataclass

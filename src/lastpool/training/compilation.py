@@ -3,11 +3,11 @@
 Once the matmuls run in bf16, about a third of a CPU training step is elementwise work between them
 (RMSNorm's float32 round trip, rotary embeddings, softmax, SiLU, residual adds, and their backward
 passes), each op a full pass over memory. Inductor fuses those into a few C++ loops per block, and
-the step gets 10-15% faster (docs/BENCHMARKS.md).
+the step gets faster (docs/BENCHMARKS.md, "One training step, variant by variant").
 
 Why per block and not the whole model: the blocks share one compiled graph (their parameters are
-inputs, not constants), so the cost is one block's compile, ~20 s on 2 cores the first time and ~5 s
-once inductor's on-disk cache holds it, against ~5 minutes for the whole model. ``dynamic=True``
+inputs, not constants), so the cost is one block's compile (much less once inductor's on-disk cache
+holds it), a small fraction of compiling the whole model. ``dynamic=True``
 because length-bucketed batches change the sequence length every step. Validation runs eagerly
 (evaluation mode and no autograd would be a second compile), and the blocks are plain modules again
 after training, so saving and prediction never see compiled code. The last block stays eager when its

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
-from lastpool.fileio import staged_file
-from lastpool.models.backbones import decoder_blocks, default_cache_dir
+from lastpool.fileio import default_cache_dir, staged_file
+from lastpool.models.backbones import decoder_blocks
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.training.inference import batched_forward, bf16_copy
 

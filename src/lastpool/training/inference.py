@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lastpool.data.batching import PaddingCollator, token_budget_batches
+from lastpool.data.batching import PaddingCollator, rows_in_input_order
 
 
 @torch.inference_mode()
@@ -31,21 +31,19 @@ def batched_forward(
     model.eval()
     device = next(model.parameters()).device
     collate = PaddingCollator(pad_token_id, padding_side)
-    outputs: list[torch.Tensor] = []
-    order: list[int] = []
-    for batch_indices in token_budget_batches([len(x) for x in ids], max_tokens, max_batch):
+
+    def run(batch_indices: list[int]) -> np.ndarray:
         batch = collate([(ids[i], -1) for i in batch_indices])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             result = forward(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        outputs.append(result.float().cpu())
-        order.extend(batch_indices)
         if on_batch is not None:
             on_batch(len(batch_indices))
-    model.train(was_training)
-    stacked = torch.cat(outputs)
-    in_order = torch.empty_like(stacked)
-    in_order[torch.tensor(order)] = stacked
-    return in_order
+        return result.float().cpu().numpy()
+
+    try:
+        return torch.from_numpy(rows_in_input_order([len(x) for x in ids], run, max_tokens, max_batch))
+    finally:
+        model.train(was_training)
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -56,7 +54,7 @@ def bf16_copy(model: ModuleT) -> ModuleT:
 
     Under autocast every float32 weight is cast to bf16 again in every forward pass (the cast cache only
     keeps weights that require grad, and only within one autocast region); for inference, casting once
-    is about a quarter to a third faster on this CPU. The float32 model stays as it is, for training and
+    is measurably faster (docs/BENCHMARKS.md). The float32 model stays as it is, for training and
     saving.
     """
     return copy.deepcopy(model).to(torch.bfloat16).eval()

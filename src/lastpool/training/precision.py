@@ -4,10 +4,10 @@ bf16 autocast keeps float32 weights and casts each one to bf16 again in every fo
 pass, and keeps the residual stream in float32. Training the bf16 weights themselves and keeping a
 float32 master copy for the optimizer (the usual "bf16 + master weights" recipe) skips those casts:
 the matmuls see the same bf16-rounded weights, and the updates still accumulate in float32, so small
-learning rates are not rounded away. On this kind of CPU that is about 10% per step.
+learning rates are not rounded away. It saves time in every step (docs/BENCHMARKS.md).
 
 transformers' SDPA path on CPU runs a flash-attention kernel whose backward pass is slow for the short
-sequences of classification data (a fifth of a SmolLM2 step at 30 tokens); its plain "eager" attention
+sequences of classification data; its plain "eager" attention
 is faster for training at every length measured up to 256 (docs/BENCHMARKS.md).
 """
 

@@ -23,7 +23,7 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import Dataset
 
-from lastpool.data.batching import PaddingCollator, token_budget_batches
+from lastpool.data.batching import PaddingCollator, rows_in_input_order, token_budget_batches
 from lastpool.models.backbones import HFBackbone, decoder_blocks, running_blocks
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import position_ids_from_mask
@@ -170,17 +170,12 @@ def predict_hidden(model: nn.Module, data: HiddenStates, indices: Sequence[int],
     """Logits [len(indices), C] of ``model`` (an ``UpperBlocks``) on cached rows, in ``indices`` order."""
     model.eval()
     collate = HiddenCollator(padding_side)
-    lengths = [data.hidden[i].shape[0] for i in indices]
-    outputs: list[torch.Tensor] = []
-    order: list[int] = []
     device = next(model.parameters()).device
-    for batch in token_budget_batches(lengths, max_tokens, 256):
+
+    def run(batch: list[int]) -> np.ndarray:
         padded = collate([data[indices[j]] for j in batch])
-        outputs.append(model(padded["inputs_embeds"].to(device), padded["attention_mask"].to(device)).float().cpu())
-        order.extend(batch)
-    if not outputs:
+        return model(padded["inputs_embeds"].to(device), padded["attention_mask"].to(device)).float().cpu().numpy()
+
+    if not indices:
         return np.zeros((0, 0), dtype=np.float32)
-    stacked = torch.cat(outputs)
-    in_order = torch.empty_like(stacked)
-    in_order[torch.tensor(order)] = stacked
-    return in_order.numpy()
+    return rows_in_input_order([data.hidden[i].shape[0] for i in indices], run, max_tokens, 256)

@@ -76,7 +76,7 @@ def _scores(metrics: dict[str, Any]) -> dict[str, float]:
 def cross_validate(config: RunConfig, texts: Sequence[str], labels: Sequence[str], folds: int,
                    seeds: Sequence[int], on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and score one model per (seed, fold); per-run results and a summary of every metric."""
-    from lastpool.classifier import Classifier
+    from lastpool.classifier import Classifier  # here, so the CLI checks a fold plan before torch loads
 
     labels = [str(label) for label in labels]
     runs: list[dict[str, Any]] = []
