@@ -575,9 +575,7 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: POST /v1/classify, GET /v1/model, GET /health, docs at /docs. Stops
     gracefully on SIGTERM or Ctrl-C (requests in flight are answered first)."""
-    given = {"host": host, "port": port, "max_batch": max_batch, "max_body_bytes": max_body_bytes,
-             "api_key": api_key, "batch_wait_ms": batch_wait_ms, "max_batch_tokens": max_batch_tokens,
-             "max_batch_texts": max_batch_texts, "micro_batching": micro_batching, "log_level": log_level}
+    given = {name: value for name, value in locals().items() if name in ServeConfig.model_fields}  # every flag
     cfg = serve_config({name: value for name, value in given.items() if value is not None}, flags=True)
     from lastpool.serving.app import serve as run_server
 

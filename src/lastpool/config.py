@@ -236,7 +236,7 @@ def dump_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]  # uvicorn's
 
 
 class ServeConfig(BaseModel):
@@ -257,7 +257,7 @@ class ServeConfig(BaseModel):
     max_batch_tokens: int = Field(default=4096, ge=1, description="micro-batching: token budget of one model call")
     max_batch_texts: int = Field(default=256, ge=1, description="micro-batching: most texts in one model call")
     micro_batching: bool = Field(default=True, description="run concurrent requests' texts in one model call")
-    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+    log_level: LogLevel = Field(
         default="info", description="critical, error, warning, info (with access log) or debug")
     timeout_graceful_shutdown: int = Field(default=30, ge=0, description="seconds to answer requests in flight "
                                                                          "on SIGTERM before stopping")
@@ -275,11 +275,11 @@ class ServeConfig(BaseModel):
         return level.lower() if isinstance(level, str) else level
 
 
-def serve_config(values: dict[str, Any], flags: bool = False) -> ServeConfig:
-    """Validate server settings; errors become one ConfigError line naming the setting (as its
-    ``--flag`` when ``flags``)."""
+def serve_config(values: dict[str, Any], flags: bool = False, base: ServeConfig | None = None) -> ServeConfig:
+    """Validate server settings (``values`` over the ones ``base`` set); errors become one ConfigError line
+    naming the setting (as its ``--flag`` when ``flags``)."""
     try:
-        return ServeConfig.model_validate(values)
+        return ServeConfig.model_validate({**(base.model_dump(exclude_unset=True) if base else {}), **values})
     except ValidationError as exc:
         err = exc.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else "settings"

@@ -229,7 +229,7 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name
     spec, encoder = clf.spec, clf.encoder
     if spec is None or encoder is None:
         raise ConfigError("create_app needs a fitted or loaded Classifier")
-    cfg = serve_config({**(config.model_dump(exclude_unset=True) if config is not None else {}), **settings})
+    cfg = serve_config(settings, base=config)
     max_batch, max_body_bytes, api_key = cfg.max_batch, cfg.max_body_bytes, cfg.api_key
 
     labels = list(spec.labels)
@@ -377,7 +377,7 @@ def serve(model_path: str | Path, config: ServeConfig | None = None, *,
     """
     from lastpool.classifier import Classifier
 
-    cfg = serve_config({**(config.model_dump(exclude_unset=True) if config is not None else {}), **settings})
+    cfg = serve_config(settings, base=config)
     host, port, log_level = cfg.host, cfg.port, cfg.log_level
     clf = Classifier.load(model_path)
     app = create_app(clf, cfg, model_name=Path(model_path).resolve().name)
