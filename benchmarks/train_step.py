@@ -37,8 +37,8 @@ from lastpool.models.backbones import load_backbone
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer
 from lastpool.training.compilation import compile_blocks
+from lastpool.training.optimization import clip_in_fused_step, make_optimizer
 from lastpool.training.precision import MasterWeights, attention_for_training
-from lastpool.training.trainer import clip_in_fused_step, make_optimizer
 
 Forward = Callable[[SequenceClassifier, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, ids, mask) -> logits
 MARK_BEGIN, MARK_END = "<!-- train_step:begin -->", "<!-- train_step:end -->"

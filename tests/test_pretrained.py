@@ -231,8 +231,9 @@ def test_bf16_inference_runs_on_a_bf16_copy_and_keeps_float32_weights(llama_fold
     assert all(p.dtype == torch.bfloat16 for p in runner.parameters())
     assert all(p.dtype == torch.float32 for p in clf.model.parameters())  # training and saving stay float32
     assert clf.spec is not None
-    autocast = softmax(predict_logits(clf.model, clf.encoder.encode(texts[:6]), clf.encoder.pad_token_id,
-                                      precision="bf16"), clf.spec.temperature)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the float32 model under autocast
+        autocast = softmax(predict_logits(clf.model, clf.encoder.encode(texts[:6]), clf.encoder.pad_token_id),
+                           clf.spec.temperature)
     np.testing.assert_allclose(proba, autocast, atol=0.02)  # the same model, up to bf16 rounding
     clf.fit(texts, labels)  # a new model: the copy is remade
     clf.predict_proba(texts[:2])
@@ -240,7 +241,7 @@ def test_bf16_inference_runs_on_a_bf16_copy_and_keeps_float32_weights(llama_fold
 
 
 def test_optimizer_uses_the_fused_adamw_kernel() -> None:
-    from lastpool.training.trainer import make_optimizer
+    from lastpool.training.optimization import make_optimizer
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1)

@@ -118,7 +118,7 @@ def test_eager_attention_while_training_on_cpu_and_sdpa_after() -> None:
 
 def test_clipping_inside_the_fused_step_matches_clip_grad_norm() -> None:
     """The norm-sized division folded into fused AdamW gives clip_grad_norm_'s updates, clipped or not."""
-    from lastpool.training.trainer import clip_in_fused_step, make_optimizer
+    from lastpool.training.optimization import clip_in_fused_step, make_optimizer
 
     for max_norm in (0.05, 1e3):  # clipping every step; never clipping
         torch.manual_seed(0)

@@ -64,7 +64,7 @@ from lastpool.training.features import (
     standardizer,
 )
 from lastpool.training.fusion import choose_weight, fuse
-from lastpool.training.inference import bf16_copy, predict_logits, softmax
+from lastpool.training.inference import inference_module, predict_logits, softmax
 from lastpool.training.layer_search import best_layer, pooled_every_layer, score_layers
 from lastpool.training.trainer import Trainer, TrainResult, evaluate_logits
 from lastpool.training.upper_blocks import HiddenStates, UpperBlocks, cache_fits, hidden_after, reproduces
@@ -207,7 +207,7 @@ def _zero_shot(model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder,
     """``--mode zeroshot``: no training. The head already holds the label words' output rows; its bias
     becomes the contextual calibration, and the validation split is scored as a kept epoch would be."""
     model.eval()
-    runner = bf16_copy(model) if spec.precision == "bf16" else model
+    runner = inference_module(model, spec.precision)
     content_free = [ids for ids in encoder.encode(list(CONTENT_FREE)) if ids]
     with torch.no_grad():  # the head bias starts at zero: these are the label words' raw scores
         assert model.head.bias is not None and runner.head.bias is not None  # the config requires the bias
@@ -514,18 +514,17 @@ class Classifier:
         ids = encoder.encode(checked) if token_ids is None else token_ids
         if not ids:
             return np.zeros((0, len(spec.labels)), dtype=np.float32)
-        runner, precision = self._runner()
-        return predict_logits(runner, ids, encoder.pad_token_id, spec.padding_side, precision=precision)
+        return predict_logits(self._runner(), ids, encoder.pad_token_id, spec.padding_side)
 
-    def _runner(self) -> tuple[torch.nn.Module, str]:
-        """The module predictions run on, and the autocast precision for it: in bf16, a bf16 copy of the
-        model made on first use (and remade after ``fit``), so weights are not cast again for every batch."""
+    def _runner(self) -> torch.nn.Module:
+        """The module predictions run on: in bf16, a bf16 copy of the model made on first use (and remade
+        after ``fit``), so weights are not cast again for every batch."""
         model, spec, _ = self._require_fitted()
         if spec.precision != "bf16":
-            return model, spec.precision
+            return model
         if self._bf16_runner is None or self._bf16_runner[0] is not model:
-            self._bf16_runner = (model, bf16_copy(model))
-        return self._bf16_runner[1], "fp32"
+            self._bf16_runner = (model, inference_module(model, spec.precision))
+        return self._bf16_runner[1]
 
     def predict_proba(self, texts: Sequence[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
         """Class probabilities [N, C], columns in ``self.labels`` order (``token_ids``: as in ``logits``)."""

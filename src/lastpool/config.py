@@ -21,6 +21,8 @@ from lastpool.recipes import default_mode, recipe
 AUTO = "auto"
 MIDDLE = "middle"  # --layer middle: the block at half the depth
 PoolingName = Literal["last", "mean", "max", "first"]  # models/pooling.py implements each
+# The dtype a model's weights run in: "bf16" is bf16 weights (in training, with float32 master copies).
+Precision = Literal["fp32", "bf16"]
 POOLING_NAMES: tuple[str, ...] = get_args(PoolingName)
 RECORDS = frozenset({"from_recipe"})  # fields that record how a config was resolved: no flag sets them
 

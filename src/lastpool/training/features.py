@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from lastpool.fileio import default_cache_dir, staged_file
 from lastpool.models.backbones import decoder_blocks
 from lastpool.models.classifier_model import SequenceClassifier
-from lastpool.training.inference import batched_forward, bf16_copy
+from lastpool.training.inference import batched_forward, inference_module
 
 FEATURE_METHOD = 2  # bump when extraction changes numerically (2: bf16 weights instead of autocast)
 
@@ -47,13 +47,6 @@ class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
     @property
     def lengths(self) -> list[int]:
         return [1] * len(self.labels)
-
-
-def collate_features(rows: Sequence[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
-    return {
-        "features": torch.stack([features for features, _ in rows]),
-        "labels": torch.tensor([label for _, label in rows], dtype=torch.long),
-    }
 
 
 class HeadOnly(nn.Module):
@@ -106,16 +99,13 @@ def extract_features(model: SequenceClassifier, ids: Sequence[list[int]], pad_to
                      precision: str, max_tokens: int = 2048, quiet: bool = True) -> torch.Tensor:
     """Pooled backbone vectors [N, D] in float32, in input order (length-sorted token-budget batches).
 
-    In bf16 the passes run on a bf16 copy of the model (see ``bf16_copy``), dropped afterwards: the
-    saved model keeps its float32 weights.
+    In bf16 the passes run on a bf16 copy of the model (see ``inference_module``), dropped afterwards:
+    the saved model keeps its float32 weights.
     """
-    runner = model
-    if precision == "bf16":
-        runner = bf16_copy(model)
-        precision = "fp32"  # no autocast: the weights already are bf16
+    runner = inference_module(model, precision)
     with Progress(disable=quiet, transient=True) as progress:
         task = progress.add_task("extracting features", total=len(ids))
-        return batched_forward(runner, runner.pooled, ids, pad_token_id, padding_side, precision,
+        return batched_forward(runner, runner.pooled, ids, pad_token_id, padding_side,
                                max_tokens=max_tokens, on_batch=lambda n: progress.advance(task, n))
 
 

@@ -20,13 +20,14 @@ def batched_forward(
     ids: Sequence[list[int]],
     pad_token_id: int,
     padding_side: str = "right",
-    precision: str = "fp32",
     max_tokens: int = 2048,
     max_batch: int = 256,
     on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """``forward(input_ids, attention_mask)`` over length-sorted token-budget batches, in eval mode;
-    float32 rows [N, ...] on the CPU, in the input order. ``on_batch`` gets each batch's size."""
+    float32 rows [N, ...] on the CPU, in the input order. ``on_batch`` gets each batch's size.
+
+    No autocast: the forward runs in the dtype of the module's weights (see ``inference_module``)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -34,8 +35,7 @@ def batched_forward(
 
     def run(batch_indices: list[int]) -> np.ndarray:
         batch = collate([(ids[i], -1) for i in batch_indices])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            result = forward(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        result = forward(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         if on_batch is not None:
             on_batch(len(batch_indices))
         return result.float().cpu().numpy()
@@ -60,17 +60,22 @@ def bf16_copy(model: ModuleT) -> ModuleT:
     return copy.deepcopy(model).to(torch.bfloat16).eval()
 
 
+def inference_module(model: ModuleT, precision: str) -> ModuleT:
+    """The module an inference pass runs on for ``precision``, the dtype the weights run in: the model
+    itself in fp32, a bf16 copy of it in bf16 (the model's float32 weights stay as they are)."""
+    return bf16_copy(model) if precision == "bf16" else model
+
+
 def predict_logits(
     model: nn.Module,
     ids: Sequence[list[int]],
     pad_token_id: int,
     padding_side: str = "right",
-    precision: str = "fp32",
 ) -> np.ndarray:
     """Logits [N, C] in the input order; texts of similar length are batched together."""
     if not ids:
         return np.zeros((0, 0), dtype=np.float32)
-    return batched_forward(model, model, ids, pad_token_id, padding_side, precision).numpy()
+    return batched_forward(model, model, ids, pad_token_id, padding_side).numpy()
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from lastpool.models.backbones import HFBackbone
 from lastpool.models.gpt import position_ids_from_mask
 from lastpool.models.pooling import pool, pooled_index
-from lastpool.training.inference import batched_forward, bf16_copy
+from lastpool.training.inference import batched_forward, inference_module
 
 PROBE_ALPHAS = (1.0, 10.0, 100.0, 1000.0)  # ridge strengths the probe chooses from (efficient leave-one-out)
 
@@ -34,7 +34,7 @@ def pooled_every_layer(backbone: HFBackbone, pooling: str, ids: Sequence[list[in
     Entry ``l - 1`` is what ``--layer l`` pools (the raw output of block ``l``); the last entry is the
     model's own output after its final norm, what a run without ``--layer`` pools.
     """
-    runner = bf16_copy(backbone) if precision == "bf16" else backbone  # bf16 weights: no autocast needed
+    runner = inference_module(backbone, precision)
 
     def every_layer(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         outputs = runner.model(input_ids=input_ids, attention_mask=attention_mask,
@@ -46,7 +46,7 @@ def pooled_every_layer(backbone: HFBackbone, pooling: str, ids: Sequence[list[in
 
     with Progress(disable=quiet, transient=True) as progress:
         task = progress.add_task("pooling after every layer", total=len(ids))
-        return batched_forward(runner, every_layer, ids, pad_token_id, padding_side, "fp32",
+        return batched_forward(runner, every_layer, ids, pad_token_id, padding_side,
                                on_batch=lambda n: progress.advance(task, n))
 
 

@@ -27,7 +27,7 @@ from lastpool.data.batching import PaddingCollator, rows_in_input_order, token_b
 from lastpool.models.backbones import HFBackbone, decoder_blocks, running_blocks
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import position_ids_from_mask
-from lastpool.training.inference import bf16_copy
+from lastpool.training.inference import inference_module
 
 CHECK_TEXTS = 8  # texts the reproduction check runs (the longest of the first 64, where padding matters most)
 CHECK_TOLERANCE = 1e-3  # of the pooled vector's largest value, in float32
@@ -120,7 +120,7 @@ def hidden_after(model: SequenceClassifier, start: int, ids: Sequence[list[int]]
     (bf16 in bf16 runs: what the top blocks' bf16 weights read, and half the memory)."""
     backbone = model.backbone
     assert isinstance(backbone, HFBackbone)
-    runner = bf16_copy(backbone) if precision == "bf16" else backbone
+    runner = inference_module(backbone, precision)
     was_training = runner.training
     runner.eval()
     collate = PaddingCollator(pad_token_id, "right")
