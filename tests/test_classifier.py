@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from lastpool import Classifier, RunConfig
-from lastpool.errors import DataError, ModelLoadError
+from lastpool.errors import ConfigError, DataError, ModelLoadError
 from lastpool.runs import write_run
 from tests.conftest import TINY_KW, demo_sample
 
@@ -239,3 +239,38 @@ def test_training_reshuffles_batches_every_epoch(data: tuple[list[str], list[str
     orders = [batches for _, batches in seen]
     assert orders[0] != orders[1] != orders[2]
     assert all(sorted(i for b in batches for i in b) == list(range(54)) for batches in orders)
+
+
+def test_a_loaded_model_round_trips_its_config(fitted: Classifier, tmp_path: Path) -> None:
+    """The resolved settings (recipe values and auto epochs included) are saved in lastpool.json, so a loaded
+    classifier's config is the one it was trained with, not the defaults, and so is a re-saved one's."""
+    loaded = Classifier.load(fitted.save(tmp_path / "first"))
+    assert loaded.config == fitted.config and loaded.config != Classifier().config
+    assert Classifier.load(loaded.save(tmp_path / "second")).config == fitted.config
+
+
+def test_a_model_folder_whose_settings_this_version_cannot_read_loads_with_a_warning(
+        fitted: Classifier, tmp_path: Path) -> None:
+    folder = fitted.save(tmp_path / "model")
+    spec = json.loads((folder / "lastpool.json").read_text())
+    spec["config"]["no_such_setting"] = 1
+    (folder / "lastpool.json").write_text(json.dumps(spec))
+    with pytest.warns(UserWarning, match="training settings do not fit"):
+        loaded = Classifier.load(folder)
+    assert loaded.config == Classifier().config
+    assert loaded.predict(["Profit rose."]) == fitted.predict(["Profit rose."])
+
+
+def test_sklearn_clone_and_set_params_carry_the_chosen_settings(fitted: Classifier, tmp_path: Path) -> None:
+    """clone gives an unfitted classifier with the same chosen settings (the recipe resolves the rest the
+    same way); set_params checks its values as the constructor does; a loaded model clones to its settings."""
+    from sklearn.base import clone
+
+    copy = clone(fitted)
+    assert copy.model is None and copy.config == fitted.config
+    assert copy.set_params(epochs=2).config.epochs == 2 and copy.get_params()["epochs"] == 2
+    with pytest.raises(ConfigError, match="lr"):
+        copy.set_params(lr=-1.0)
+    assert copy.config.epochs == 2  # a refused change leaves the settings as they were
+    loaded = Classifier.load(fitted.save(tmp_path / "model"))
+    assert clone(loaded).config == fitted.config

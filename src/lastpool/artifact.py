@@ -134,6 +134,8 @@ class ModelSpec(BaseModel):
     lora: LoraSpec | None = None
     fusion: FusionSpec | None = None  # None: the LM alone
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # The resolved RunConfig it was trained with (``Classifier.load`` restores it); None in older folders.
+    config: dict[str, Any] | None = None
 
     @field_validator("labels")
     @classmethod

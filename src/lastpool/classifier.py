@@ -8,14 +8,17 @@ directory holding ``model/``).
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from accelerate.utils import set_seed
+from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
 from lastpool.artifact import (
@@ -92,8 +95,54 @@ def _check_texts(texts: Sequence[str], what: str) -> list[str]:
     return out
 
 
+@dataclass
+class TrainingSplit:
+    """The texts and label ids a fit trains and validates on (token ids set once the encoder exists), the
+    label names, and the training data's summary (source, rows, class counts) the model card shows."""
+
+    names: list[str]
+    train_texts: list[str]
+    train_y: list[int]
+    val_texts: list[str]
+    val_y: list[int]
+    summary: dict[str, Any]
+    train_ids: list[list[int]] = field(default_factory=list)
+    val_ids: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, cfg: RunConfig, texts: Sequence[str], labels: Sequence[Any], eval_texts: Sequence[str] | None,
+           eval_labels: Sequence[Any] | None, data_name: str, eval_name: str) -> TrainingSplit:
+        """Check the data, then validate on ``eval_*`` if given, else on a stratified ``val_fraction`` split."""
+        checked = _check_texts(texts, data_name)
+        str_labels = [str(label) for label in labels]
+        if len(str_labels) != len(checked):
+            raise DataError(f"{data_name}: {len(checked)} texts but {len(str_labels)} labels")
+        try:
+            label_set = LabelSet.from_labels(str_labels, order=cfg.labels)
+        except DataError as exc:  # name the file: "only one class" alone does not say where
+            raise DataError(f"{data_name}: {exc}") from None
+        encoded = label_set.encode(str_labels, source=data_name)
+        summary = {"source": data_name, "rows": len(checked),
+                   "class_counts": dict(sorted(Counter(str_labels).items()))}
+        names = list(label_set.names)
+        if eval_texts is not None or eval_labels is not None:
+            if eval_texts is None or eval_labels is None:
+                raise DataError("pass both eval_texts and eval_labels, or neither")
+            val_texts = _check_texts(eval_texts, eval_name)
+            val_str = [str(label) for label in eval_labels]
+            if len(val_str) != len(val_texts):
+                raise DataError(f"{eval_name}: {len(val_texts)} texts but {len(val_str)} labels")
+            return cls(names, checked, encoded, val_texts, label_set.encode(val_str, source=eval_name), summary)
+        try:
+            train_idx, val_idx = stratified_split(str_labels, cfg.val_fraction, cfg.seed)
+        except DataError as exc:
+            raise DataError(f"{data_name}: {exc}") from None
+        return cls(names, [checked[i] for i in train_idx], [encoded[i] for i in train_idx],
+                   [checked[i] for i in val_idx], [encoded[i] for i in val_idx], summary)
+
+
 def resolve_precision(requested: str, pretrained: bool) -> Literal["fp32", "bf16"]:
-    """``auto``: bf16 autocast for pretrained backbones where the hardware runs bf16 matmuls natively
+    """``auto``: bf16 weights for pretrained backbones where the hardware runs bf16 matmuls natively
     (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp32 for the small from-scratch decoder, whose tiny
     matmuls gain nothing and whose padding-invariance checks are exact in fp32."""
     if requested == "bf16":
@@ -230,7 +279,8 @@ class Classifier:
         # of the model or mode then bring their own row.
         base = without_recipe({**config.model_dump(exclude_unset=True), "from_recipe": config.from_recipe}
                               ) if config is not None else {}
-        self.config: RunConfig = make_config({**base, **overrides}, source="Classifier")
+        self._params: dict[str, Any] = {**base, **overrides}  # as given: what get_params hands to clone
+        self.config: RunConfig = make_config(self._params, source="Classifier")
         self.model: SequenceClassifier | None = None
         self.spec: ModelSpec | None = None
         self.encoder: TextEncoder | None = None
@@ -244,6 +294,18 @@ class Classifier:
         self.chosen_layer: int | None = None
         self.lower_blocks_cached: int | None = None  # top-N: frozen blocks run once, their output cached
         self.cache_note: str | None = None  # top-N: why the frozen blocks ran in every epoch instead
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The settings chosen for this classifier, as ``RunConfig`` fields (scikit-learn's protocol, so
+        ``sklearn.base.clone`` and its searches work; the recipe fills the rest in again)."""
+        return dict(self._params)
+
+    def set_params(self, **params: Any) -> Classifier:
+        """Change settings (``RunConfig`` fields); checked at once, like the constructor's. Fitted state stays
+        until the next ``fit``."""
+        self.config = make_config({**self._params, **params}, source="Classifier")
+        self._params = {**self._params, **params}
+        return self
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -262,60 +324,48 @@ class Classifier:
 
         ``checkpoints``: save training checkpoints there (steps, epoch ends, Ctrl-C; the disk is checked for
         room first); ``resume``: continue from one (the same texts, labels and settings)."""
+        split = TrainingSplit.of(self.config, texts, labels, eval_texts, eval_labels, data_name, eval_name)
         cfg = self.config
-        texts = _check_texts(texts, data_name)
-        str_labels = [str(label) for label in labels]
-        if len(str_labels) != len(texts):
-            raise DataError(f"{data_name}: {len(texts)} texts but {len(str_labels)} labels")
-        try:
-            label_set = LabelSet.from_labels(str_labels, order=cfg.labels)
-        except DataError as exc:  # name the file: "only one class" alone does not say where
-            raise DataError(f"{data_name}: {exc}") from None
-        if eval_texts is not None or eval_labels is not None:
-            if eval_texts is None or eval_labels is None:
-                raise DataError("pass both eval_texts and eval_labels, or neither")
-            train_texts, train_y = texts, label_set.encode(str_labels, source=data_name)
-            val_texts = _check_texts(eval_texts, eval_name)
-            val_str = [str(label) for label in eval_labels]
-            if len(val_str) != len(val_texts):
-                raise DataError(f"{eval_name}: {len(val_texts)} texts but {len(val_str)} labels")
-            val_y = label_set.encode(val_str, source=eval_name)
-        else:
-            try:
-                train_idx, val_idx = stratified_split(str_labels, cfg.val_fraction, cfg.seed)
-            except DataError as exc:
-                raise DataError(f"{data_name}: {exc}") from None
-            encoded = label_set.encode(str_labels, source=data_name)
-            train_texts = [texts[i] for i in train_idx]
-            train_y = [encoded[i] for i in train_idx]
-            val_texts = [texts[i] for i in val_idx]
-            val_y = [encoded[i] for i in val_idx]
-
-        names = list(label_set.names)
         if cfg.epochs == AUTO:  # resolved here, where the data size is known; config.yaml records the number
-            cfg = self.config = cfg.model_copy(update={"epochs": auto_epochs(len(train_texts), len(names),
-                                                                               cfg.batch_size)})
-        fitted = fit_baseline(train_texts, train_y, val_texts, val_y, names) if cfg.baseline else None
-        self.baseline = None if fitted is None else fitted[1]
-        self.bag_of_words = None
-        words = label_words(names, cfg.label_names)  # checked before a model loads
+            epochs = auto_epochs(len(split.train_texts), len(split.names), cfg.batch_size)
+            cfg = self.config = cfg.model_copy(update={"epochs": epochs})
+        fitted = (fit_baseline(split.train_texts, split.train_y, split.val_texts, split.val_y, split.names)
+                  if cfg.baseline else None)
+        self.baseline, self.bag_of_words = (None if fitted is None else fitted[1]), None
+        words = label_words(split.names, cfg.label_names)  # checked before a model loads
         set_seed(cfg.seed)
-        backbone, info, tokenizer, tok_type, tok_source = _load_parts(cfg, train_texts, quiet)
+        model, spec, encoder, layer_features = self._build(cfg, split, words, quiet)
+        trainer = Trainer(cfg, encoder.pad_token_id, split.names, quiet=quiet, precision=spec.precision,
+                          checkpoints=checkpoints, resume=resume)
+        self.result = self._train(cfg, trainer, model, spec, encoder, split, layer_features, quiet)
+        if spec.lora is not None and cfg.merge:
+            merge_lora(model)
+            spec.lora.merged = True
+        model.eval()
+        self._record(cfg, spec, split, None if fitted is None else fitted[0])
+        self.model, self.spec, self.encoder = model, spec, encoder
+        return self
+
+    def _build(self, cfg: RunConfig, split: TrainingSplit, words: list[str], quiet: bool) -> tuple[
+            SequenceClassifier, ModelSpec, TextEncoder, torch.Tensor | None]:
+        """The model to train, its spec and encoder (the split's token ids set), and, for ``--layer auto``,
+        every text's pooled vector at the chosen block."""
+        backbone, info, tokenizer, tok_type, tok_source = _load_parts(cfg, split.train_texts, quiet)
         prompt = auto_prompt(tokenizer, cfg.max_length) if cfg.prompt == AUTO else cfg.prompt
         encoder = TextEncoder(tokenizer, cfg.max_length, prompt)
-        with status(f"tokenizing {len(train_texts) + len(val_texts)} texts", quiet):
-            train_ids, val_ids = encoder.encode(train_texts), encoder.encode(val_texts)
+        with status(f"tokenizing {len(split.train_texts) + len(split.val_texts)} texts", quiet):
+            split.train_ids, split.val_ids = encoder.encode(split.train_texts), encoder.encode(split.val_texts)
         layer = cfg.layer if isinstance(cfg.layer, int) else None
         layer_features = None
         if cfg.layer == AUTO:
             assert backbone is not None  # _load_parts refuses --layer for scratch models
-            layer, layer_features = self._choose_layer(cfg, backbone, info, encoder, train_ids, val_ids, train_y,
-                                                       quiet)
+            layer, layer_features = self._choose_layer(cfg, backbone, info, encoder, split.train_ids, split.val_ids,
+                                                       split.train_y, quiet)
         elif layer is not None or cfg.layer == MIDDLE:
             assert backbone is not None  # _load_parts refuses --layer for scratch models
             layer = middle_block(backbone) if layer is None else layer
             truncate_backbone(backbone, layer, keep_norm=cfg.final_norm)
-        spec = _spec(cfg, names, backbone, info, encoder, tok_type, tok_source, layer)
+        spec = _spec(cfg, split.names, backbone, info, encoder, tok_type, tok_source, layer)
         set_seed(cfg.seed)
         model = build_model(spec, backbone)
         if cfg.head_init == "labels" or cfg.mode == "zeroshot":
@@ -323,50 +373,49 @@ class Classifier:
             with torch.no_grad():
                 model.head.weight.copy_(label_rows(output_embeddings(backbone, cfg.model), tokenizer, words))
         _set_up_mode(cfg, model, spec)
-        trainer = Trainer(cfg, encoder.pad_token_id, names, quiet=quiet, precision=spec.precision,
-                          checkpoints=checkpoints, resume=resume)
+        return model, spec, encoder, layer_features
+
+    def _train(self, cfg: RunConfig, trainer: Trainer, model: SequenceClassifier, spec: ModelSpec,
+               encoder: TextEncoder, split: TrainingSplit, layer_features: torch.Tensor | None,
+               quiet: bool) -> TrainResult:
+        """The mode's training: none (zeroshot), the head on cached pooled features (probe), the top blocks
+        on cached hidden states (top-N where they fit), or the model on token ids."""
+        train_ids, val_ids, n = split.train_ids, split.val_ids, len(split.train_ids)
         if cfg.mode == "zeroshot":
-            self.result = _zero_shot(model, spec, encoder, val_ids, val_y)
-        elif cfg.mode == "probe":
-            if layer_features is not None:  # the layer search already pooled every text at the chosen layer
-                feats = layer_features
-            else:
-                feats = self._probe_features(cfg, model, spec, encoder, train_ids + val_ids, quiet)
-            n = len(train_ids)
+            return _zero_shot(model, spec, encoder, val_ids, split.val_y)
+        if cfg.mode == "probe":
+            feats = (layer_features if layer_features is not None  # the layer search already pooled them
+                     else self._probe_features(cfg, model, spec, encoder, train_ids + val_ids, quiet))
             mean, std = standardizer(feats[:n])
             standardized = (feats - mean) / std
-            self.result = trainer.fit(HeadOnly(model), FeatureDataset(standardized[:n], train_y),
-                                      FeatureDataset(standardized[n:], val_y))
+            result = trainer.fit(HeadOnly(model), FeatureDataset(standardized[:n], split.train_y),
+                                 FeatureDataset(standardized[n:], split.val_y))
             fold_standardization(model.head, mean, std)
-        else:
-            start = self._cached_blocks(cfg, model, spec, encoder, train_ids + val_ids)
-            if start is not None:
-                hidden = hidden_after(model, start, train_ids + val_ids, encoder.pad_token_id, spec.precision,
-                                      quiet=quiet)
-                n = len(train_ids)
-                self.result = trainer.fit(UpperBlocks(model, start), HiddenStates(hidden[:n], train_y, train_ids),
-                                          HiddenStates(hidden[n:], val_y, val_ids))
-            else:
-                self.result = trainer.fit(model, EncodedDataset(train_ids, train_y), EncodedDataset(val_ids, val_y))
-        if spec.lora is not None and cfg.merge:
-            merge_lora(model)
-            spec.lora.merged = True
-        model.eval()
+            return result
+        start = self._cached_blocks(cfg, model, spec, encoder, train_ids + val_ids)
+        if start is None:
+            return trainer.fit(model, EncodedDataset(train_ids, split.train_y), EncodedDataset(val_ids, split.val_y))
+        hidden = hidden_after(model, start, train_ids + val_ids, encoder.pad_token_id, spec.precision, quiet=quiet)
+        return trainer.fit(UpperBlocks(model, start), HiddenStates(hidden[:n], split.train_y, train_ids),
+                           HiddenStates(hidden[n:], split.val_y, val_ids))
+
+    def _record(self, cfg: RunConfig, spec: ModelSpec, split: TrainingSplit, bow: BagOfWords | None) -> None:
+        """Put the fit's outcome where it is saved: the spec's metrics (validation scores, baseline, fusion,
+        training data, calibration) and the resolved config; the validation logits for the report."""
+        assert self.result is not None
         spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
                         "val_macro_f1": self.result.val_metrics.get("macro_f1"),
                         "best_epoch": self.result.best_epoch}
         if self.baseline is not None:
             spec.metrics["baseline"] = self.baseline
-        if cfg.fuse_baseline and fitted is not None and self.result.val_logits is not None:
-            self._fuse(cfg, fitted[0], spec, val_texts, val_y, names)
-        self.validation = {"texts": val_texts, "labels": list(val_y), "logits": self.result.val_logits}
-        spec.metrics["val_n"] = len(val_y)
-        spec.metrics["training_data"] = {"source": data_name, "rows": len(texts),
-                                         "class_counts": dict(sorted(Counter(str_labels).items()))}
+        if cfg.fuse_baseline and bow is not None and self.result.val_logits is not None:
+            self._fuse(cfg, bow, spec, split.val_texts, split.val_y, split.names)
+        self.validation = {"texts": split.val_texts, "labels": list(split.val_y), "logits": self.result.val_logits}
+        spec.metrics["val_n"] = len(split.val_y)
+        spec.metrics["training_data"] = split.summary
         if cfg.calibrate and self.result.val_logits is not None:
-            spec.temperature, spec.metrics["calibration"] = calibrate(self.result.val_logits, val_y)
-        self.model, self.spec, self.encoder = model, spec, encoder
-        return self
+            spec.temperature, spec.metrics["calibration"] = calibrate(self.result.val_logits, split.val_y)
+        spec.config = cfg.model_dump(mode="json")
 
     def _fuse(self, cfg: RunConfig, bow: BagOfWords, spec: ModelSpec, val_texts: list[str], val_y: list[int],
               names: list[str]) -> None:
@@ -580,6 +629,13 @@ class Classifier:
             )
         clf = cls()
         clf.model, clf.spec, clf.encoder = model, spec, encoder
+        if spec.config is not None:  # the settings it was trained with (older folders lack them)
+            try:
+                clf.config = RunConfig.model_validate(spec.config)
+                clf._params = without_recipe(spec.config)
+            except ValidationError as exc:  # predicting needs none of them: say so, and keep the defaults
+                warnings.warn(f"{folder}: its training settings do not fit this lastpool version "
+                              f"({exc.error_count()} problems); Classifier.config holds the defaults", stacklevel=2)
         if spec.fusion is not None:
             clf.bag_of_words = BagOfWords.load(folder, len(spec.labels))
             if clf.bag_of_words.num_features != spec.fusion.features:
