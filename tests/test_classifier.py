@@ -274,3 +274,18 @@ def test_sklearn_clone_and_set_params_carry_the_chosen_settings(fitted: Classifi
     assert copy.config.epochs == 2  # a refused change leaves the settings as they were
     loaded = Classifier.load(fitted.save(tmp_path / "model"))
     assert clone(loaded).config == fitted.config
+
+
+def test_the_run_length_summary_counts_every_training_row_once(fitted: Classifier,
+                                                               data: tuple[list[str], list[str]],
+                                                               tmp_path: Path) -> None:
+    """The fit counts the tokens of every row (training and validation split) as it tokenizes them, so the
+    run directory's summary equals a fresh count over the whole file, with no second tokenizer pass."""
+    from lastpool.evaluation.metrics import length_summary
+
+    texts, _ = data
+    assert fitted.encoder is not None and fitted.token_lengths is not None
+    assert sorted(fitted.token_lengths) == sorted(fitted.encoder.lengths(texts))
+    run = write_run(fitted, tmp_path / "run", fitted.config)
+    saved = json.loads((run / "metrics.json").read_text())["data"]
+    assert saved == length_summary(fitted.encoder.lengths(texts), fitted.config.max_length)

@@ -106,6 +106,7 @@ class TrainingSplit:
     val_texts: list[str]
     val_y: list[int]
     summary: dict[str, Any]
+    held_out: bool  # the validation texts are a split of the training data, not a file of their own
     train_ids: list[list[int]] = field(default_factory=list)
     val_ids: list[list[int]] = field(default_factory=list)
 
@@ -132,13 +133,14 @@ class TrainingSplit:
             val_str = [str(label) for label in eval_labels]
             if len(val_str) != len(val_texts):
                 raise DataError(f"{eval_name}: {len(val_texts)} texts but {len(val_str)} labels")
-            return cls(names, checked, encoded, val_texts, label_set.encode(val_str, source=eval_name), summary)
+            return cls(names, checked, encoded, val_texts, label_set.encode(val_str, source=eval_name), summary,
+                       held_out=False)
         try:
             train_idx, val_idx = stratified_split(str_labels, cfg.val_fraction, cfg.seed)
         except DataError as exc:
             raise DataError(f"{data_name}: {exc}") from None
         return cls(names, [checked[i] for i in train_idx], [encoded[i] for i in train_idx],
-                   [checked[i] for i in val_idx], [encoded[i] for i in val_idx], summary)
+                   [checked[i] for i in val_idx], [encoded[i] for i in val_idx], summary, held_out=True)
 
 
 def resolve_precision(requested: str, pretrained: bool) -> Literal["fp32", "bf16"]:
@@ -294,6 +296,7 @@ class Classifier:
         self.chosen_layer: int | None = None
         self.lower_blocks_cached: int | None = None  # top-N: frozen blocks run once, their output cached
         self.cache_note: str | None = None  # top-N: why the frozen blocks ran in every epoch instead
+        self.token_lengths: list[int] | None = None  # per training-data text, before truncation (the report)
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The settings chosen for this classifier, as ``RunConfig`` fields (scikit-learn's protocol, so
@@ -354,7 +357,10 @@ class Classifier:
         prompt = auto_prompt(tokenizer, cfg.max_length) if cfg.prompt == AUTO else cfg.prompt
         encoder = TextEncoder(tokenizer, cfg.max_length, prompt)
         with status(f"tokenizing {len(split.train_texts) + len(split.val_texts)} texts", quiet):
-            split.train_ids, split.val_ids = encoder.encode(split.train_texts), encoder.encode(split.val_texts)
+            split.train_ids, train_lengths = encoder.encode_counted(split.train_texts)
+            split.val_ids, val_lengths = encoder.encode_counted(split.val_texts)
+        # The training data's rows (the validation split is some of them), for the report's length summary.
+        self.token_lengths = train_lengths + (val_lengths if split.held_out else [])
         layer = cfg.layer if isinstance(cfg.layer, int) else None
         layer_features = None
         if cfg.layer == AUTO:

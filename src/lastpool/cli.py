@@ -174,7 +174,7 @@ def train(
     )
     if process_rank() == 0:  # only the main process writes the run directory
         # The finished run replaces its checkpoints: the model folder is the result.
-        write_run(clf, run_dir, clf.config, data_summary(table.texts, table.labels, table.source), texts=table.texts,
+        write_run(clf, run_dir, clf.config, data_summary(table.texts, table.labels, table.source),
                   replace=(run_dir / "checkpoints").exists())
     finish()
     if process_rank() != 0:

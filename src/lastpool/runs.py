@@ -98,13 +98,13 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
 
 
 def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any] | None = None,
-              texts: list[str] | None = None, replace: bool = False) -> Path:
+              replace: bool = False) -> Path:
     """Write the complete run directory to ``out`` atomically: model (with its model card), config,
     history, metrics, and report.md / report.html / plots/ when the validation predictions are known.
     ``replace``: ``out`` holds the run's checkpoints, swapped for the finished run only once it is written."""
     if clf.result is None:
         raise ValueError("classifier has not been trained")
-    lengths = clf.encoder.lengths(texts) if texts is not None and clf.encoder is not None else []
+    lengths = clf.token_lengths or []  # counted when the fit tokenized the data
     data = {**(data or {}), **length_summary(lengths, config.max_length)}
     with staged_dir(out, replace=replace) as tmp:
         model_dir = tmp / "model"

@@ -1,6 +1,6 @@
 """``--compile``: torch.compile each decoder block for training, once, with dynamic shapes.
 
-Once the matmuls run in bf16, about a third of a CPU training step is elementwise work between them
+Once the matmuls run in bf16, a large share of a CPU training step is elementwise work between them
 (RMSNorm's float32 round trip, rotary embeddings, softmax, SiLU, residual adds, and their backward
 passes), each op a full pass over memory. Inductor fuses those into a few C++ loops per block, and
 the step gets faster (docs/BENCHMARKS.md, "One training step, variant by variant").
