@@ -81,28 +81,25 @@ def total_steps(config: RunConfig, batches_per_epoch: int) -> int:
     return steps if config.max_steps is None else min(steps, config.max_steps)
 
 
+@dataclass
 class TrainingRun:
     """Everything a run holds while it trains. ``start`` builds it (or restores it from a checkpoint);
     ``save`` writes it as a checkpoint; ``finish`` puts the best epoch's weights into the model."""
 
-    def __init__(self, accelerator: Accelerator, model: nn.Module, stepped: nn.Module, sharded: bool,
-                 master: MasterWeights | None, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 train: TrainInputs, fingerprint: dict[str, Any], position: RunPosition,
-                 best: dict[str, torch.Tensor] | None, loss_sum: torch.Tensor | None = None) -> None:
-        self.accelerator = accelerator
-        self.model = model  # the classifier whose weights are the result
-        self.stepped = stepped  # what the optimizer steps: the model, its DDP wrapper or an FSDP copy
-        self.sharded = sharded
-        self.master = master
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.train = train
-        self.fingerprint = fingerprint
-        self.position = position
-        self.best = best
-        # The epoch's summed training loss (on the device; read once per epoch); from the checkpoint when
-        # a run resumes inside an epoch.
-        self.loss_sum = torch.zeros((), device=accelerator.device) if loss_sum is None else loss_sum
+    accelerator: Accelerator
+    model: nn.Module  # the classifier whose weights are the result
+    stepped: nn.Module  # what the optimizer steps: the model, its DDP wrapper or an FSDP copy
+    sharded: bool
+    master: MasterWeights | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train: TrainInputs
+    fingerprint: dict[str, Any]
+    position: RunPosition
+    best: dict[str, torch.Tensor] | None
+    # The epoch's summed training loss (on the device; read once per epoch); from the checkpoint when a
+    # run resumes inside an epoch.
+    loss_sum: torch.Tensor
 
     @property
     def result(self) -> TrainResult:
@@ -122,7 +119,7 @@ class TrainingRun:
         config_fields = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUN_CONTROL_FIELDS}
         fingerprint = {"config": config_fields, "data": data_identity(train, val), "processes": world,
                        "precision": precision}
-        position, best, loss_sum = RunPosition(), None, None
+        position, best, loss_sum = RunPosition(), None, torch.zeros((), device=accelerator.device)
         if resume is not None:  # weights first: a sharded copy is made from them
             _check_compatible(resume, fingerprint, model)
             _load_trainable(model, master, resume.model, f"--resume {resume.path.parent.parent}")
