@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -217,6 +217,45 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
     return "validation_error", "; ".join(parts) + more
 
 
+def _lifespan(batcher: MicroBatcher) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the micro-batcher with the app, stop it after the last request."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uvicorn runs the shutdown half only after in-flight requests are answered (or the graceful
+        # timeout passed); stop() then answers anything still queued before the worker thread ends.
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    return lifespan
+
+
+def _answer_errors_as_json(app: FastAPI) -> None:
+    """Every error, ours, the request validator's, Starlette's or unexpected, as one JSON error body."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.type, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        type_, message = _validation_message(exc)
+        return error_response(422, type_, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, ERROR_TYPES.get(exc.status_code, "http_error"), str(exc.detail),
+                              headers=dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises the exception after this response is sent, so uvicorn logs the traceback.
+        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+
+
 def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name: str | None = None,
                **settings: Any) -> FastAPI:
     """The FastAPI app serving ``clf``; ``app.state.batcher`` is its ``MicroBatcher`` (with ``stats``).
@@ -242,41 +281,13 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name
                            batch_wait_ms=cfg.batch_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
                            max_batch_texts=cfg.max_batch_texts, enabled=cfg.micro_batching)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # uvicorn runs the shutdown half only after in-flight requests are answered (or the graceful
-        # timeout passed); stop() then answers anything still queued before the worker thread ends.
-        await batcher.start()
-        try:
-            yield
-        finally:
-            await batcher.stop()
-
-    app = FastAPI(title="lastpool", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="lastpool", version=__version__, lifespan=_lifespan(batcher),
                   description=f"Text classification with a lastpool model. Labels: {', '.join(labels)}.")
     app.state.batcher = batcher
     app.state.classifier = clf
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, api_key=api_key)
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.type, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        type_, message = _validation_message(exc)
-        return error_response(422, type_, message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, ERROR_TYPES.get(exc.status_code, "http_error"), str(exc.detail),
-                              headers=dict(exc.headers) if exc.headers else None)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette re-raises the exception after this response is sent, so uvicorn logs the traceback.
-        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
-
+    _answer_errors_as_json(app)
     # The bearer scheme is declared so /docs shows it; RequestGuard enforces it before the body is read.
     security = [Security(HTTPBearer(auto_error=False))] if api_key is not None else []
     v1 = APIRouter(prefix=API_PREFIX, dependencies=security, responses=ERROR_RESPONSES)
