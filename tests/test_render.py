@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,20 @@ def test_ragged_tables_and_odd_languages_are_refused() -> None:
         Table(["a", "b"], [], [False])
     with pytest.raises(ValueError, match="language"):
         CodeBlock("x", "yaml\n# evil")
+
+
+# ----------------------------------------------------------------------------- the reports build through it
+def test_run_report_is_one_document_rendered_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """report.md and report.html are exactly the two renderings of report_document's Document."""
+    from lastpool.evaluation import report as run_report
+    from tests.test_report import synthetic_report
+
+    pngs = {"confusion_matrix": b"\x89PNG cm", "reliability": b"\x89PNG rel"}  # no matplotlib needed
+    monkeypatch.setattr(run_report, "report_plots", lambda report: pngs)
+    report = synthetic_report()
+    run_report.write_report(tmp_path, report)
+    doc = run_report.report_document(report, pngs)
+    assert doc.title == report.title
+    assert [b.id for b in doc.blocks if isinstance(b, Figure)] == ["plot-confusion_matrix", "plot-reliability"]
+    assert (tmp_path / "report.md").read_text(encoding="utf-8") == render_markdown(doc)
+    assert (tmp_path / "report.html").read_text(encoding="utf-8") == render_html(doc)
