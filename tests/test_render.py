@@ -179,3 +179,20 @@ def test_run_report_is_one_document_rendered_twice(tmp_path: Path, monkeypatch: 
     assert [b.id for b in doc.blocks if isinstance(b, Figure)] == ["plot-confusion_matrix", "plot-reliability"]
     assert (tmp_path / "report.md").read_text(encoding="utf-8") == render_markdown(doc)
     assert (tmp_path / "report.html").read_text(encoding="utf-8") == render_html(doc)
+
+
+def test_model_card_is_front_matter_then_its_document() -> None:
+    """README.md is the Hub metadata followed by model_card_document's Markdown; hostile labels stay text."""
+    from lastpool.evaluation.model_card import model_card, model_card_document
+    from tests.test_report import _spec, synthetic_report
+
+    report = synthetic_report()
+    spec = {**_spec({"type": "scratch", "config": {"d_model": 8}}), "labels": ["<script>", "a|b"]}
+    card = model_card(spec, report.data, report.val, report.calibration)
+    doc = model_card_document(spec, report.data, report.val, report.calibration)
+    front, markdown = card.split("\n---\n\n", 1)
+    assert front.startswith("---\nlibrary_name: lastpool") and markdown == render_markdown(doc)
+    assert doc.title == "Text classifier: <script> / a|b"
+    assert markdown.startswith("# Text classifier: \\<script\\> / a\\|b\n")
+    assert "`<script>`, `a|b`" in markdown  # inline code shows labels verbatim
+    assert "<script" not in render_html(doc) and "&lt;script&gt;" in render_html(doc)  # HTML works too
