@@ -196,3 +196,42 @@ def test_model_card_is_front_matter_then_its_document() -> None:
     assert markdown.startswith("# Text classifier: \\<script\\> / a\\|b\n")
     assert "`<script>`, `a|b`" in markdown  # inline code shows labels verbatim
     assert "<script" not in render_html(doc) and "&lt;script&gt;" in render_html(doc)  # HTML works too
+
+
+def _summary(n: int = 4) -> dict[str, float]:
+    return {"n": n, "mean": 0.805, "std": 0.005, "ci95_low": 0.79, "ci95_high": 0.82}
+
+
+def test_cv_report_is_one_document_rendered_twice() -> None:
+    """Both cv files come from cv_document; a hostile metric name stays in its cell and NaN shows as n/a."""
+    from lastpool.evaluation.crossval_report import cv_document, cv_html, cv_markdown
+
+    runs = [{"seed": 0, "fold": f, "n_train": 8, "n_test": 2, "best_epoch": 1,
+             "scores": {"accuracy": 0.8, "f1[<b>|x]": float("nan")}} for f in range(2)]
+    result = {"folds": 2, "seeds": [0], "runs": runs, "summary": {"accuracy": _summary(), "f1[<b>|x]": _summary()}}
+    title, config = "Cross-validation: d.csv", 'prompt: "``` {text}"\n'
+    doc = cv_document(result, title, config)
+    md, page = cv_markdown(result, title, config), cv_html(result, title, config)
+    assert md == render_markdown(doc) and page == render_html(doc, csp=False)
+    assert "| 0 | 1 | 8 | 2 | 1 | 0.8000 | n/a |" in md and "f1\\[\\<b\\>\\|x\\]" in md
+    assert md.count("\n````") == 2  # the config's own ``` cannot end its block
+    assert "<b>" not in page and "f1[&lt;b&gt;|x]" in page and "http" not in page
+
+
+@pytest.mark.parametrize("winner", [True, False])
+def test_compare_report_marks_the_winner_only_when_there_is_one(winner: bool) -> None:
+    from lastpool.evaluation.crossval_report import compare_document, compare_html, compare_markdown, verdict_text
+
+    verdict = {"metric": "accuracy", "best": "pooling=last", "runner_up": "pooling=mean", "mean_difference": 0.02,
+               "pairs": 4, "p_value": 0.01 if winner else 0.4, "winner": "pooling=last" if winner else None}
+    result = {"metric": "accuracy", "verdict": verdict,
+              "results": [{"name": "pooling=last", "summary": {"accuracy": _summary(), "macro_f1": _summary()}},
+                          {"name": "pooling=mean", "summary": {"accuracy": _summary()}}]}
+    doc = compare_document(result, "Comparison", "a: 1\n")
+    table = next(b for b in doc.blocks if isinstance(b, Table))
+    assert table.marked == (frozenset({0}) if winner else frozenset())
+    md, page = compare_markdown(result, "Comparison", "a: 1\n"), compare_html(result, "Comparison", "a: 1\n")
+    assert md == render_markdown(doc) and page == render_html(doc, csp=False)
+    assert ("pooling=last (winner)" in md) == winner and ("**pooling=last**" in md) == winner
+    assert ('<tr class="marked">' in page) == winner and ("<strong>pooling=last</strong>" in page) == winner
+    assert ("Winner: **pooling=last** (p < 0.05)." in verdict_text(result)) == winner
