@@ -1,8 +1,8 @@
 """The model card: the ``README.md`` of a model folder, saying what the model does, how well, and its limits.
 
 Pure functions of the saved spec and metrics, so the card can be rebuilt from a model folder alone. The
-card is a ``render.Document`` (rendered to Markdown there, escaping included) after the Hub's YAML
-metadata. This module imports nothing heavy; the run report reuses its Wilson interval.
+card is the Hub's YAML metadata followed by a ``render.Document`` rendered to Markdown (``render`` does
+the escaping). This module imports nothing heavy; the run report reuses its Wilson interval.
 """
 
 from __future__ import annotations
