@@ -1,78 +1,70 @@
-"""Markdown and self-contained HTML reports for ``lastpool cv`` and ``lastpool compare``."""
+"""Markdown and self-contained HTML reports for ``lastpool cv`` and ``lastpool compare``.
+
+Each report is one ``render.Document`` built from the result JSON, rendered twice, so the two files
+say the same thing; ``render`` does the escaping, the number format and the page.
+"""
 
 from __future__ import annotations
 
-import html
-from collections.abc import Sequence
 from typing import Any
 
-STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
-         "th:first-child,td:first-child{text-align:left}.winner{font-weight:bold;background:#e8f5e9}")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(value: Any) -> str:
-        return _fmt(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], marked: set[int] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    winner = ' class="winner"'
-    body = "".join(
-        f"<tr{winner if marked and i in marked else ''}>"
-        + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
-        for i, row in enumerate(rows))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+from lastpool.evaluation.render import (
+    Block,
+    CodeBlock,
+    Document,
+    Heading,
+    Inline,
+    Para,
+    Strong,
+    Table,
+    fmt,
+    render_html,
+    render_markdown,
+)
 
 
 def _interval(s: dict[str, float]) -> str:
-    return f"{s['mean']:.4f} ± {s['std']:.4f} [{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]"
+    return f"{fmt(s['mean'])} ± {fmt(s['std'])} [{fmt(s['ci95_low'])}, {fmt(s['ci95_high'])}]"
 
 
-def cv_tables(result: dict[str, Any]) -> tuple[list[str], list[list[Any]], list[str], list[list[Any]]]:
-    summary_rows = [[name, _interval(s), s["n"]] for name, s in result["summary"].items()]
+def cv_tables(result: dict[str, Any]) -> tuple[Table, Table]:
+    """The summary (one row per metric) and every run's scores."""
     names = list(result["summary"])
-    run_rows = [[r["seed"], r["fold"], r["n_train"], r["n_test"], r["best_epoch"],
-                 *(r["scores"][n] for n in names)] for r in result["runs"]]
-    return (["metric", "mean ± std [95% CI]", "runs"], summary_rows,
-            ["seed", "fold", "train", "test", "best epoch", *names], run_rows)
+    summary = Table(["metric", "mean ± std [95% CI]", "runs"],
+                    [[name, _interval(s), fmt(s["n"])] for name, s in result["summary"].items()],
+                    [False, True, True])
+    runs = Table(["seed", "fold", "train", "test", "best epoch", *names],
+                 [[fmt(r["seed"]), fmt(r["fold"]), fmt(r["n_train"]), fmt(r["n_test"]), fmt(r["best_epoch"]),
+                   *(fmt(r["scores"][n]) for n in names)] for r in result["runs"]],
+                 [True] * (5 + len(names)))
+    return summary, runs
+
+
+def cv_document(result: dict[str, Any], title: str, config_yaml: str) -> Document:
+    summary, runs = cv_tables(result)
+    scheme = f"stratified {result['folds']}-fold" if result["folds"] > 1 else "stratified hold-out"
+    return Document(title, [
+        Para([f"{scheme}, seeds {', '.join(map(str, result['seeds']))}: {len(result['runs'])} models, each scored "
+              "on data it never saw (epoch choice and calibration use a split inside its training folds). The 95% "
+              "interval is a t-interval for the mean over runs."]),
+        Heading(2, "Summary"), summary,
+        Heading(2, "Per run"), runs,
+        Heading(2, "Configuration"), CodeBlock(config_yaml, "yaml"),
+    ])
 
 
 def cv_markdown(result: dict[str, Any], title: str, config_yaml: str) -> str:
-    sh, sr, rh, rr = cv_tables(result)
-    scheme = (f"stratified {result['folds']}-fold" if result["folds"] > 1 else "stratified hold-out")
-    return "\n\n".join([
-        f"# {title}",
-        f"{scheme}, seeds {', '.join(map(str, result['seeds']))}: {len(result['runs'])} models, each scored on data "
-        "it never saw (epoch choice and calibration use a split inside its training folds). The 95% interval is a "
-        "t-interval for the mean over runs.",
-        "## Summary", markdown_table(sh, sr),
-        "## Per run", markdown_table(rh, rr),
-        "## Configuration", f"```yaml\n{config_yaml}```",
-    ]) + "\n"
+    return render_markdown(cv_document(result, title, config_yaml))
 
 
 def cv_html(result: dict[str, Any], title: str, config_yaml: str) -> str:
-    sh, sr, rh, rr = cv_tables(result)
-    return _page(title, [f"<h1>{html.escape(title)}</h1>",
-                         f"<p>{len(result['runs'])} models; folds {result['folds']}, seeds "
-                         f"{html.escape(', '.join(map(str, result['seeds'])))}. 95% t-interval for the mean.</p>",
-                         "<h2>Summary</h2>", html_table(sh, sr), "<h2>Per run</h2>", html_table(rh, rr),
-                         "<h2>Configuration</h2>", f"<pre>{html.escape(config_yaml)}</pre>"])
+    """The page without a CSP meta tag: it has no figures to allow, and it must name no ``http`` at all."""
+    return render_html(cv_document(result, title, config_yaml), csp=False)
 
 
-def compare_tables(result: dict[str, Any]) -> tuple[list[str], list[list[Any]], set[int]]:
+def compare_table(result: dict[str, Any]) -> Table:
+    """One row per setting, ranked; the winner's row is named and marked."""
     metric = result["metric"]
-    headers = ["setting", f"{metric} mean ± std [95% CI]", "macro_f1 mean ± std", "runs"]
     rows, marked = [], set()
     for i, r in enumerate(result["results"]):
         s, f1 = r["summary"][metric], r["summary"].get("macro_f1")
@@ -80,36 +72,40 @@ def compare_tables(result: dict[str, Any]) -> tuple[list[str], list[list[Any]], 
         if winner:
             marked.add(i)
         rows.append([r["name"] + (" (winner)" if winner else ""), _interval(s),
-                     f"{f1['mean']:.4f} ± {f1['std']:.4f}" if f1 else "-", s["n"]])
-    return headers, rows, marked
+                     f"{fmt(f1['mean'])} ± {fmt(f1['std'])}" if f1 else "-", fmt(s["n"])])
+    return Table(["setting", f"{metric} mean ± std [95% CI]", "macro_f1 mean ± std", "runs"], rows,
+                 [False, True, True, True], frozenset(marked))
 
 
-def verdict_text(result: dict[str, Any]) -> str:
+def verdict_parts(result: dict[str, Any]) -> list[Inline]:
+    """Which setting is best, and whether it beats the runner-up beyond the noise (the winner emphasised)."""
     v = result["verdict"]
     if "runner_up" not in v:
-        return f"Only one setting: {v['best']}."
+        return [f"Only one setting: {v['best']}."]
     base = (f"Best by mean {v['metric']}: {v['best']}; runner-up {v['runner_up']}; paired difference "
             f"{v['mean_difference']:+.4f} over {v['pairs']} (seed, fold) pairs, paired t-test p = {v['p_value']:.3g}.")
     if v["winner"]:
-        return base + f" Winner: **{v['winner']}** (p < 0.05)."
-    return base + " No winner: the difference is within the noise (p >= 0.05)."
+        return [base, " Winner: ", Strong(v["winner"]), " (p < 0.05)."]
+    return [base + " No winner: the difference is within the noise (p >= 0.05)."]
+
+
+def verdict_text(result: dict[str, Any]) -> str:
+    """The verdict as one line of text for the terminal, the winner between ``**``."""
+    return "".join(p if isinstance(p, str) else f"**{p.text}**" if isinstance(p, Strong) else p.text
+                   for p in verdict_parts(result))
+
+
+def compare_document(result: dict[str, Any], title: str, config_yaml: str) -> Document:
+    blocks: list[Block] = [Para(["Every setting ran on the same folds and seeds."]), compare_table(result),
+                           Para(verdict_parts(result)),
+                           Heading(2, "Configuration (shared)"), CodeBlock(config_yaml, "yaml")]
+    return Document(title, blocks)
 
 
 def compare_markdown(result: dict[str, Any], title: str, config_yaml: str) -> str:
-    headers, rows, _ = compare_tables(result)
-    return "\n\n".join([f"# {title}", "Every setting ran on the same folds and seeds.",
-                        markdown_table(headers, rows), verdict_text(result),
-                        "## Configuration (shared)", f"```yaml\n{config_yaml}```"]) + "\n"
+    return render_markdown(compare_document(result, title, config_yaml))
 
 
 def compare_html(result: dict[str, Any], title: str, config_yaml: str) -> str:
-    headers, rows, marked = compare_tables(result)
-    verdict = html.escape(verdict_text(result)).replace("**", "")
-    return _page(title, [f"<h1>{html.escape(title)}</h1>", "<p>Every setting ran on the same folds and seeds.</p>",
-                         html_table(headers, rows, marked), f"<p>{verdict}</p>",
-                         "<h2>Configuration (shared)</h2>", f"<pre>{html.escape(config_yaml)}</pre>"])
-
-
-def _page(title: str, parts: list[str]) -> str:
-    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    """Without a CSP meta tag, like the cv page."""
+    return render_html(compare_document(result, title, config_yaml), csp=False)

@@ -1,15 +1,14 @@
 """Run reports: ``report.md`` beside ``plots/*.png``, and a self-contained ``report.html``.
 
-Both documents are rendered from one list of blocks, so they always say the same thing. The HTML file
-inlines every plot as a ``data:`` URI and its CSS in a ``<style>`` tag, and a Content-Security-Policy
-forbids any other source: it can be mailed or archived alone and opens offline. All text that comes
-from the run (labels, texts, paths, config values) is escaped for the format it goes into.
+This module only decides what the report says: it builds one ``render.Document`` from the run's data,
+and ``render`` writes both files from it, so they always say the same thing. The HTML file inlines
+every plot as a ``data:`` URI and its CSS in a ``<style>`` tag, and a Content-Security-Policy forbids
+any other source: it can be mailed or archived alone and opens offline. All text that comes from the
+run (labels, texts, paths, config values) is escaped by ``render`` for the format it goes into.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from dataclasses import dataclass
@@ -19,7 +18,20 @@ from typing import Any
 from lastpool.evaluation import plots
 from lastpool.evaluation.baseline import beats_baseline_text
 from lastpool.evaluation.metrics import length_summary
-from lastpool.evaluation.model_card import md_code, md_text, wilson_interval
+from lastpool.evaluation.model_card import wilson_interval
+from lastpool.evaluation.render import (
+    Block,
+    Code,
+    Document,
+    Figure,
+    Heading,
+    Inline,
+    Para,
+    Table,
+    fmt,
+    render_html,
+    render_markdown,
+)
 from lastpool.fileio import atomic_write_text, staged_file
 
 MAX_ERRORS = 10
@@ -47,54 +59,11 @@ class RunReport:
     fusion: dict[str, Any] | None = None  # share, weight, language_model {accuracy, macro_f1}
 
 
-# ----------------------------------------------------------------------------- document blocks
-@dataclass
-class Code:
-    """Inline code inside a paragraph (a path, a label, a prompt): shown verbatim."""
-
-    text: str
-
-
-Inline = str | Code
-
-
-@dataclass
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass
-class Para:
-    parts: list[Inline]
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-    numeric: list[bool]  # right-align these columns
-
-
-@dataclass
-class Image:
-    name: str  # the plot's file stem under plots/
-    alt: str
-
-
-Block = Heading | Para | Table | Image
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    """A metric for display; ``n/a`` where it was not measured."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    number = float(value)
-    return "n/a" if math.isnan(number) else f"{number:.{digits}f}"
+def _figure(pngs: dict[str, bytes], name: str, alt: str) -> list[Block]:
+    """The plot ``name`` as a figure, or nothing where the run had no data for it."""
+    if name not in pngs:
+        return []
+    return [Figure(alt, f"{PLOTS_DIR}/{name}.png", pngs[name], id=f"plot-{name}")]
 
 
 def _config_value(value: Any) -> str:
@@ -113,14 +82,14 @@ def _summary(report: RunReport) -> list[Block]:
     val = report.val
     n = int(val.get("n", 0))
     accuracy = val.get("accuracy")
-    acc_text = _fmt(accuracy)
+    acc_text = fmt(accuracy)
     if accuracy is not None and n:
         low, high = wilson_interval(float(accuracy), n)
         acc_text += f" (95% Wilson interval {low:.4f} to {high:.4f})"
     rows = [
         ["validation texts", str(n)],
         ["accuracy", acc_text],
-        ["macro-F1", _fmt(val.get("macro_f1"))],
+        ["macro-F1", fmt(val.get("macro_f1"))],
     ]
     baseline = report.baseline
     fused = report.fusion if report.fusion and report.fusion.get("share") else None
@@ -128,25 +97,25 @@ def _summary(report: RunReport) -> list[Block]:
         alone = fused.get("language_model") or {}
         rows += [
             ["bag-of-words share (chosen on validation)", f"{float(fused['share']):g}"],
-            ["language model alone: accuracy", _fmt(alone.get("accuracy"))],
-            ["language model alone: macro-F1", _fmt(alone.get("macro_f1"))],
+            ["language model alone: accuracy", fmt(alone.get("accuracy"))],
+            ["language model alone: macro-F1", fmt(alone.get("macro_f1"))],
         ]
     if baseline is not None:
         rows += [
-            ["bag-of-words baseline accuracy", _fmt(baseline.get("accuracy"))],
-            ["bag-of-words baseline macro-F1", _fmt(baseline.get("macro_f1"))],
+            ["bag-of-words baseline accuracy", fmt(baseline.get("accuracy"))],
+            ["bag-of-words baseline macro-F1", fmt(baseline.get("macro_f1"))],
         ]
     rows += [
-        ["weighted F1", _fmt(val.get("weighted_f1"))],
-        ["log loss", _fmt(val.get("log_loss"))],
-        ["ECE (expected calibration error)", _fmt(val.get("ece"))],
+        ["weighted F1", fmt(val.get("weighted_f1"))],
+        ["log loss", fmt(val.get("log_loss"))],
+        ["ECE (expected calibration error)", fmt(val.get("ece"))],
     ]
     cal = report.calibration
     if cal is not None:
         rows += [
-            ["temperature", _fmt(cal.get("temperature"))],
-            ["log loss after temperature scaling", _fmt(cal.get("log_loss_after"))],
-            ["ECE after temperature scaling", _fmt(cal.get("ece_after"))],
+            ["temperature", fmt(cal.get("temperature"))],
+            ["log loss after temperature scaling", fmt(cal.get("log_loss_after"))],
+            ["ECE after temperature scaling", fmt(cal.get("ece_after"))],
         ]
     rows.append(["best epoch", str(report.best_epoch)])
     blocks: list[Block] = [
@@ -158,21 +127,22 @@ def _summary(report: RunReport) -> list[Block]:
     if baseline is not None:
         blocks.append(Para([_baseline_sentence(accuracy, baseline)]))
     if fused is not None:
-        blocks.append(Para([_fusion_sentence(fused, baseline)]))
+        blocks.append(Para(_fusion_sentence(fused, baseline)))
     return blocks
 
 
-def _fusion_sentence(fusion: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+def _fusion_sentence(fusion: dict[str, Any], baseline: dict[str, Any] | None) -> list[Inline]:
     """What the fused model is, and the language model alone against the baseline: the model's scores
     above include the bag-of-words model's, so they alone would flatter the LM."""
     share = float(fusion["share"])
-    text = (f"The model adds the bag-of-words model's scores to the language model's (share {share:g} of the "
-            "fused score, chosen on the validation split by log loss). An export (`lastpool export`) holds the "
-            "language model alone.")
+    parts: list[Inline] = [
+        f"The model adds the bag-of-words model's scores to the language model's (share {share:g} of the "
+        "fused score, chosen on the validation split by log loss). An export (", Code("lastpool export"),
+        ") holds the language model alone."]
     alone = (fusion.get("language_model") or {}).get("accuracy")
     if baseline is not None and alone is not None:
-        text += f" The language model alone {beats_baseline_text(float(alone), baseline)}."
-    return text
+        parts.append(f" The language model alone {beats_baseline_text(float(alone), baseline)}.")
+    return parts
 
 
 def _baseline_sentence(accuracy: Any, baseline: dict[str, Any]) -> str:
@@ -186,7 +156,7 @@ def _baseline_sentence(accuracy: Any, baseline: dict[str, Any]) -> str:
     return f"The model {beats_baseline_text(float(accuracy), baseline)}. {fitted}"
 
 
-def _data(report: RunReport, images: set[str]) -> list[Block]:
+def _data(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
     data = report.data
     counts: dict[str, int] = {str(k): int(v) for k, v in (data.get("class_counts") or {}).items()}
     total = sum(counts.values())
@@ -209,12 +179,11 @@ def _data(report: RunReport, images: set[str]) -> list[Block]:
             f"{facts['truncated_share']:.1%} of texts ({truncated} of {len(lengths)}) are longer than "
             f"max_length = {max_length} tokens and were cut to fit."
         ]))
-    if "token_lengths" in images:
-        blocks.append(Image("token_lengths", "Histogram of tokens per text, with max_length marked"))
+    blocks += _figure(pngs, "token_lengths", "Histogram of tokens per text, with max_length marked")
     return blocks
 
 
-def _layer_choice(report: RunReport, images: set[str]) -> list[Block]:
+def _layer_choice(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
     """Only for ``--layer auto`` runs: which block was chosen, and how the blocks compared."""
     scores = report.layer_scores
     if not scores:
@@ -227,28 +196,26 @@ def _layer_choice(report: RunReport, images: set[str]) -> list[Block]:
     if chosen is None:
         parts.append("The chosen block was not recorded.")
     else:
-        chosen_score = _fmt(scores[chosen - 1]) if 1 <= chosen <= last else "n/a"
+        chosen_score = fmt(scores[chosen - 1]) if 1 <= chosen <= last else "n/a"
         parts.append(f"The classifier pools after block {chosen} (probe accuracy {chosen_score})")
         if chosen == last:
             parts += [", the last one, which a run without ", Code("--layer"), " pools as well."]
         else:
             parts += [f"; block {last}, the model's own output that a run without ", Code("--layer"),
-                      f" pools, scores {_fmt(scores[-1])}."]
+                      f" pools, scores {fmt(scores[-1])}."]
     blocks: list[Block] = [Heading(2, "Layer choice"), Para(parts)]
-    if "layer_scores" in images:
-        blocks.append(Image("layer_scores", "Cross-validated probe accuracy per decoder block, chosen block marked"))
+    blocks += _figure(pngs, "layer_scores", "Cross-validated probe accuracy per decoder block, chosen block marked")
     return blocks
 
 
-def _training(report: RunReport, images: set[str]) -> list[Block]:
+def _training(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Training curves")]
     if not report.history:
         return [*blocks, Para(["No per-epoch history was recorded."])]
-    if "training_curves" in images:
-        blocks.append(Image("training_curves",
-                            "Training and validation loss, validation accuracy and macro-F1 per epoch"))
-    rows = [[str(h.get("epoch", i + 1)), _fmt(h.get("train_loss")), _fmt(h.get("val_loss")),
-             _fmt(h.get("val_accuracy")), _fmt(h.get("val_macro_f1")), _fmt(h.get("seconds"), 1)]
+    blocks += _figure(pngs, "training_curves",
+                      "Training and validation loss, validation accuracy and macro-F1 per epoch")
+    rows = [[str(h.get("epoch", i + 1)), fmt(h.get("train_loss")), fmt(h.get("val_loss")),
+             fmt(h.get("val_accuracy")), fmt(h.get("val_macro_f1")), fmt(h.get("seconds"), 1)]
             for i, h in enumerate(report.history)]
     blocks.append(Table(["epoch", "train loss", "val loss", "val accuracy", "val macro-F1", "seconds"], rows,
                         [True] * 6))
@@ -256,13 +223,12 @@ def _training(report: RunReport, images: set[str]) -> list[Block]:
     return blocks
 
 
-def _confusion(report: RunReport, images: set[str]) -> list[Block]:
+def _confusion(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
     labels = [str(x) for x in report.val.get("labels", [])]
     matrix = report.val.get("confusion_matrix") or []
     blocks: list[Block] = [Heading(2, "Confusion matrix"),
                            Para(["Rows are the true labels, columns the predicted ones."])]
-    if "confusion_matrix" in images:
-        blocks.append(Image("confusion_matrix", "Confusion matrix of the validation split"))
+    blocks += _figure(pngs, "confusion_matrix", "Confusion matrix of the validation split")
     if labels and matrix:
         blocks.append(Table(["true \\ predicted", *labels],
                             [[label, *(str(int(v)) for v in row)] for label, row in zip(labels, matrix, strict=True)],
@@ -270,38 +236,37 @@ def _confusion(report: RunReport, images: set[str]) -> list[Block]:
     return blocks
 
 
-def _per_class(report: RunReport, images: set[str]) -> list[Block]:
+def _per_class(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
     per_class = report.val.get("per_class") or {}
     blocks: list[Block] = [Heading(2, "Per-class scores")]
     blocks.append(Table(["label", "precision", "recall", "F1", "support"],
-                        [[str(name), _fmt(s.get("precision")), _fmt(s.get("recall")), _fmt(s.get("f1")),
+                        [[str(name), fmt(s.get("precision")), fmt(s.get("recall")), fmt(s.get("f1")),
                           str(s.get("support", ""))] for name, s in per_class.items()],
                         [False, True, True, True, True]))
-    if "per_class_f1" in images:
-        blocks.append(Image("per_class_f1", "F1 score per class"))
+    blocks += _figure(pngs, "per_class_f1", "F1 score per class")
     return blocks
 
 
-def _calibration(report: RunReport, images: set[str]) -> list[Block]:
+def _calibration(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Calibration")]
     cal = report.calibration
     if cal is None:
         blocks.append(Para([f"No temperature was fitted; the expected calibration error of the validation "
-                            f"probabilities is {_fmt(report.val.get('ece'))}."]))
+                            f"probabilities is {fmt(report.val.get('ece'))}."]))
     else:
         blocks.append(Para([
-            f"Temperature scaling divides the logits by T = {_fmt(cal.get('temperature'))}, fitted on the "
+            f"Temperature scaling divides the logits by T = {fmt(cal.get('temperature'))}, fitted on the "
             "validation split; it changes no prediction, only the confidence. The scores before and after are "
             "measured on the validation texts the temperature was fitted on, so the improvement is optimistic."
         ]))
         blocks.append(Table(["", "before", "after"], [
-            ["ECE", _fmt(cal.get("ece_before")), _fmt(cal.get("ece_after"))],
-            ["log loss", _fmt(cal.get("log_loss_before")), _fmt(cal.get("log_loss_after"))],
+            ["ECE", fmt(cal.get("ece_before")), fmt(cal.get("ece_after"))],
+            ["log loss", fmt(cal.get("log_loss_before")), fmt(cal.get("log_loss_after"))],
         ], [False, True, True]))
-    if "reliability" in images:
+    if "reliability" in pngs:
         blocks.append(Para(["Bars below the diagonal mean over-confidence: in those bins the model is right "
                             "less often than its probability says."]))
-        blocks.append(Image("reliability", "Reliability diagram: accuracy per confidence bin"))
+        blocks += _figure(pngs, "reliability", "Reliability diagram: accuracy per confidence bin")
     return blocks
 
 
@@ -314,7 +279,7 @@ def _errors(report: RunReport) -> list[Block]:
                         f"(texts cut at {MAX_ERROR_CHARS} characters). They are worth reading: some are "
                         "labelling mistakes."]))
     blocks.append(Table(["confidence", "true label", "predicted", "text"],
-                        [[_fmt(e.get("confidence"), 3), str(e.get("label", "")), str(e.get("predicted", "")),
+                        [[fmt(e.get("confidence"), 3), str(e.get("label", "")), str(e.get("predicted", "")),
                           _shorten(str(e.get("text", "")))] for e in errors],
                         [True, False, False, False]))
     return blocks
@@ -326,20 +291,19 @@ def _configuration(report: RunReport) -> list[Block]:
                   [False, False])]
 
 
-def report_blocks(report: RunReport, images: set[str]) -> list[Block]:
-    """The report's content, in order; ``images`` names the plots that exist (the others are left out)."""
-    return [
-        Heading(1, report.title),
+def report_document(report: RunReport, pngs: dict[str, bytes]) -> Document:
+    """The report's content, in order; ``pngs`` holds the plots that exist (the others are left out)."""
+    return Document(report.title, [
         *_summary(report),
-        *_data(report, images),
-        *_layer_choice(report, images),
-        *_training(report, images),
-        *_confusion(report, images),
-        *_per_class(report, images),
-        *_calibration(report, images),
+        *_data(report, pngs),
+        *_layer_choice(report, pngs),
+        *_training(report, pngs),
+        *_confusion(report, pngs),
+        *_per_class(report, pngs),
+        *_calibration(report, pngs),
         *_errors(report),
         *_configuration(report),
-    ]
+    ])
 
 
 def report_plots(report: RunReport) -> dict[str, bytes]:
@@ -362,88 +326,6 @@ def report_plots(report: RunReport) -> dict[str, bytes]:
     return out
 
 
-# ----------------------------------------------------------------------------- Markdown
-def _md_inline(parts: list[Inline]) -> str:
-    return "".join(md_code(p.text) if isinstance(p, Code) else md_text(p) for p in parts)
-
-
-def render_markdown(blocks: list[Block]) -> str:
-    """Markdown with images referenced as ``plots/<name>.png``."""
-    chunks: list[str] = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            chunks.append(f"{'#' * block.level} {md_text(block.text)}")
-        elif isinstance(block, Para):
-            chunks.append(_md_inline(block.parts))
-        elif isinstance(block, Table):
-            lines = ["| " + " | ".join(md_text(h) or " " for h in block.header) + " |",
-                     "|" + "|".join("---:" if right else "---" for right in block.numeric) + "|"]
-            lines += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in block.rows]
-            chunks.append("\n".join(lines))
-        elif isinstance(block, Image):
-            chunks.append(f"![{md_text(block.alt)}]({PLOTS_DIR}/{block.name}.png)")
-    return "\n\n".join(chunks) + "\n"
-
-
-# ----------------------------------------------------------------------------- HTML
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 60rem;
-       padding: 0 1rem; color: #1f2328; line-height: 1.45; }
-h1 { border-bottom: 2px solid #d0d7de; padding-bottom: .3rem; }
-h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
-table { border-collapse: collapse; margin: .8rem 0; }
-th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; vertical-align: top; }
-th { background: #f6f8fa; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.text { max-width: 36rem; overflow-wrap: anywhere; }
-code { background: #f6f8fa; padding: .1rem .3rem; border-radius: 4px; white-space: pre-wrap; }
-figure { margin: 1rem 0; }
-img.plot { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
-figcaption { color: #57606a; font-size: .9rem; }
-"""
-
-# Nothing but inline styles and data: images may load, so the file provably stands alone.
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def _html_inline(parts: list[Inline]) -> str:
-    return "".join(f"<code>{html.escape(p.text)}</code>" if isinstance(p, Code) else html.escape(p) for p in parts)
-
-
-def _html_cell(text: str, numeric: bool) -> str:
-    css = "num" if numeric else ("text" if len(text) > 40 else "")
-    body = html.escape(text).replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
-    return f'<td class="{css}">{body}</td>' if css else f"<td>{body}</td>"
-
-
-def render_html(blocks: list[Block], title: str, pngs: dict[str, bytes]) -> str:
-    """One self-contained HTML page: plots as base64 ``data:`` URIs, inline CSS, no scripts, no links."""
-    body: list[str] = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            body.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
-        elif isinstance(block, Para):
-            body.append(f"<p>{_html_inline(block.parts)}</p>")
-        elif isinstance(block, Table):
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
-            rows = "".join(
-                "<tr>" + "".join(_html_cell(cell, right) for cell, right in zip(row, block.numeric, strict=True))
-                + "</tr>" for row in block.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif isinstance(block, Image):
-            data = base64.b64encode(pngs[block.name]).decode("ascii")
-            alt = html.escape(block.alt)
-            body.append(f'<figure><img class="plot" id="plot-{block.name}" alt="{alt}" '
-                        f'src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>')
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body) + "\n</body>\n</html>\n"
-    )
-
-
 # ----------------------------------------------------------------------------- writing
 def _write_bytes(path: Path, payload: bytes) -> None:
     """Write bytes atomically: a temporary file beside ``path``, renamed into place once complete."""
@@ -459,14 +341,14 @@ def write_report(folder: Path, report: RunReport) -> list[Path]:
     are skipped and their sections say so or show only their tables.
     """
     pngs = report_plots(report)
-    blocks = report_blocks(report, set(pngs))
+    doc = report_document(report, pngs)
     written: list[Path] = []
     for name, payload in pngs.items():
         path = folder / PLOTS_DIR / f"{name}.png"
         _write_bytes(path, payload)
         written.append(path)
     md_path, html_path = folder / "report.md", folder / "report.html"
-    atomic_write_text(md_path, render_markdown(blocks))
-    atomic_write_text(html_path, render_html(blocks, report.title, pngs))
+    atomic_write_text(md_path, render_markdown(doc))
+    atomic_write_text(html_path, render_html(doc))
     written += [md_path, html_path]
     return written
