@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -55,7 +55,23 @@ class TrainInputs(Protocol):
         ...
 
 
-class TokenInputs:
+DataT = TypeVar("DataT", EncodedDataset, FeatureDataset, HiddenStates)
+
+
+class _DatasetInputs(Generic[DataT]):
+    """What every inputs class reads off its dataset: the row count and the rows' lengths."""
+
+    data: DataT
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.data.lengths
+
+
+class TokenInputs(_DatasetInputs[EncodedDataset]):
     """Token ids for the whole model; training batches may drop tokens (``token_dropout``)."""
 
     runs_blocks = True
@@ -67,13 +83,6 @@ class TokenInputs:
         self.collate = TokenDropoutCollator(pad_token_id, padding_side, rate=token_dropout, seed=seed)
         self.generator: torch.Generator | None = self.collate.generator
 
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.data.lengths
-
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         return self.collate([self.data[i] for i in indices])
 
@@ -84,7 +93,7 @@ class TokenInputs:
         return data_fingerprint(self.data.ids, self.data.labels, [], []).encode()
 
 
-class FeatureInputs:
+class FeatureInputs(_DatasetInputs[FeatureDataset]):
     """Pooled feature vectors for a probe's head (``HeadOnly``)."""
 
     runs_blocks = False
@@ -92,13 +101,6 @@ class FeatureInputs:
 
     def __init__(self, data: FeatureDataset) -> None:
         self.data, self.labels = data, data.labels
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.data.lengths
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         return {"features": self.data.features[list(indices)],
@@ -121,7 +123,7 @@ class FeatureInputs:
         return self.data.features.numpy().tobytes() + repr(self.labels).encode()
 
 
-class HiddenInputs:
+class HiddenInputs(_DatasetInputs[HiddenStates]):
     """Hidden states after the frozen blocks, for the upper blocks (``UpperBlocks``)."""
 
     runs_blocks = True
@@ -130,13 +132,6 @@ class HiddenInputs:
     def __init__(self, data: HiddenStates, padding_side: str) -> None:
         self.data, self.labels, self.padding_side = data, data.labels, padding_side
         self.collate = HiddenCollator(padding_side)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.data.lengths
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         return self.collate([self.data[i] for i in indices])
