@@ -90,7 +90,7 @@ def _option_type(spec: Flag) -> type:
 def _flag_option(spec: Flag) -> inspect.Parameter:
     """A RunConfig field as a typer option; None (not given) leaves the value to the YAML file or default."""
     kind = _option_type(spec)
-    decls = [f"{spec.option}/--no-{spec.option[2:]}"] if kind is bool else []
+    decls = [f"{spec.option}/--no-{spec.option[2:]}"] if spec.switch else []
     # escape: typer reads help as rich markup, which would swallow a default such as "[off]"
     option = typer.Option(*decls, help=escape(spec.help), rich_help_panel=spec.panel, metavar=spec.metavar,
                           callback=_CALLBACKS.get(spec.name))

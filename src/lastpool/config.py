@@ -347,6 +347,11 @@ class Flag:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def switch(self) -> bool:
+        """A bool field: --x / --no-x."""
+        return self.field.annotation is bool
+
+    @property
     def help(self) -> str:
         """The --help line: the description and the default, "[0.1]" or "(recipe default)"."""
         marker = "" if self.default is None else " (recipe default)" if self.default == RECIPE else f" [{self.default}]"
