@@ -11,7 +11,16 @@ import typer
 import lastpool.cli
 import lastpool.config
 from lastpool.cli import main
-from lastpool.config import RECORDS, RunConfig, dump_yaml, load_yaml, make_config, resolve_config
+from lastpool.config import (
+    PANELS,
+    RECORDS,
+    RunConfig,
+    dump_yaml,
+    flag_fields,
+    load_yaml,
+    make_config,
+    resolve_config,
+)
 from lastpool.errors import ConfigError, LastpoolError
 from lastpool.recipes import RECIPE_FIELDS
 
@@ -135,6 +144,22 @@ def test_every_flag_reaches_its_field(monkeypatch: pytest.MonkeyPatch, tmp_path:
             follows = {"fuse_baseline"}
         assert changed <= {name, "d_model"} | follows, (name, changed)
         assert name not in cfg.from_recipe
+
+
+def test_every_setting_carries_its_flag() -> None:
+    """The CLI and the README's table are built from the fields: each setting has a panel and help text;
+    the records have no flag."""
+    flags = {spec.name: spec for spec in flag_fields()}
+    assert sorted(flags) == sorted(SETTINGS)
+    for spec in flags.values():
+        assert spec.panel in PANELS, spec.name
+        assert spec.field.description, f"{spec.name}: give the field a description (its --help line)"
+        assert spec.help.startswith(spec.field.description)
+    assert flags["val_fraction"].help.endswith(" [0.1]")  # the default, from the field
+    assert flags["lowercase"].help.endswith(" [off]") and flags["calibrate"].help.endswith(" [on]")
+    assert flags["lr"].help.endswith(" (recipe default)")  # the recipe table fills it
+    assert flags["max_steps"].help == "stop after this many optimizer steps"  # unset: no marker
+    assert "autocast" not in flags["precision"].help + flags["precision"].doc
 
 
 def test_yaml_then_flags_precedence(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import inspect
 import io
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import click
 import typer
@@ -20,12 +21,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from lastpool.config import ServeConfig, serve_config
+from lastpool.config import OUTPUT, PANELS, RUN, Flag, ServeConfig, default_words, flag_fields, serve_config
 from lastpool.errors import ConfigError, LastpoolError, TrainingStopped
 
 if TYPE_CHECKING:
+    from lastpool.classifier import Classifier
     from lastpool.config import RunConfig
     from lastpool.data.tables import Table
+    from lastpool.training.checkpoint import Checkpoint
 
 app = typer.Typer(
     name="lastpool",
@@ -38,9 +41,6 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
-# Option groups, so `--help` reads like the config file.
-DATA, TOK, MODEL, OPT, OUT = "Data", "Tokenizer", "Model", "Optimisation", "Output"
-RUN = "Checkpoints and processes"
 TRAIN_ONLY = frozenset({"resume", "save_every", "keep_checkpoints", "num_processes", "sharding"})  # not for cv/compare
 
 
@@ -70,90 +70,88 @@ def _labels_list(value: str | None) -> list[str] | None:
     return names
 
 
+# What the flags of RunConfig's fields need beyond the field: a usage check for the values that mix
+# numbers and words, and a path type for the run directory (a str in the config, as YAML has it).
+_CALLBACKS: dict[str, Callable[[str | None], str | None]] = {"epochs": _int_or_auto, "layer": _layer_value}
+_PATHS = frozenset({"out"})
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
+def _option_type(spec: Flag) -> type:
+    """What a flag parses: the field's int, float or bool, else text (the config checks the choices, ``auto``
+    and the lists; ``_run_config`` splits --labels and reads --label-names)."""
+    if spec.name in _PATHS:
+        return Path
+    annotation = spec.field.annotation
+    kinds = [arg for arg in get_args(annotation) or (annotation,) if arg is not type(None)]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float, bool) else str
+
+
+def _flag_option(spec: Flag) -> inspect.Parameter:
+    """A RunConfig field as a typer option; None (not given) leaves the value to the YAML file or default."""
+    kind = _option_type(spec)
+    decls = [f"{spec.option}/--no-{spec.option[2:]}"] if spec.switch else []
+    # escape: typer reads help as rich markup, which would swallow a default such as "[off]"
+    option = typer.Option(*decls, help=escape(spec.help), rich_help_panel=spec.panel, metavar=spec.metavar,
+                          callback=_CALLBACKS.get(spec.name))
+    return inspect.Parameter(spec.name, _KEYWORD, default=None, annotation=Annotated[kind | None, option])
+
+
+# train's options that set no field: where the settings come from, a run to continue, and how it reports.
+EXTRA_OPTIONS = (
+    inspect.Parameter("config", _KEYWORD, default=None, annotation=Annotated[Path | None, typer.Option(
+        help="YAML config file; flags override its fields")]),
+    inspect.Parameter("resume", _KEYWORD, default=None, annotation=Annotated[Path | None, typer.Option(
+        help="continue the stopped run in this run directory from its newest checkpoint (same settings and data; "
+        "flags may repeat them)", rich_help_panel=RUN, metavar="RUN_DIR")]),
+    inspect.Parameter("quiet", _KEYWORD, default=False, annotation=Annotated[bool, typer.Option(
+        "--quiet", "-q", help="no progress bar or tables", rich_help_panel=OUTPUT)]),
+)
+
+
+def _panel_rank(param: inspect.Parameter) -> int:
+    """Where an option's panel comes in PANELS (the options without one first, as --help shows them)."""
+    panel = get_args(param.annotation)[1].rich_help_panel
+    return PANELS.index(panel) if panel in PANELS else -1
+
+
+def train_parameters() -> list[inspect.Parameter]:
+    """Every option of ``lastpool train``: one per RunConfig field and EXTRA_OPTIONS, panel by panel."""
+    return sorted([*(_flag_option(spec) for spec in flag_fields()), *EXTRA_OPTIONS], key=_panel_rank)
+
+
+def _with_parameters(func: Any, params: list[inspect.Parameter]) -> Any:
+    """Make ``func`` (which takes ``**options``) a command with these options: typer reads the signature."""
+    func.__signature__ = inspect.Signature(params, return_annotation=None)
+    func.__annotations__ = {p.name: p.annotation for p in params}
+    return func
+
+
+def _train_options(func: Any) -> Any:
+    """``train``'s options, built from RunConfig's fields (one flag each) and EXTRA_OPTIONS."""
+    return _with_parameters(func, train_parameters())
+
+
+def _with_train_options(func: Any) -> Any:
+    """Give a command every option of ``train`` (same names, help and panels) besides its own, so
+    ``cv`` and ``compare`` accept exactly the flags a training run does (less TRAIN_ONLY)."""
+    own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    names = {p.name for p in own} | TRAIN_ONLY
+    shared = [p for p in train_parameters() if p.name not in names]
+    return _with_parameters(func, [p.replace(kind=_KEYWORD) for p in own + shared])
+
+
 @app.command()
-def train(
-    config: Annotated[Path | None, typer.Option(help="YAML config file; flags override its fields")] = None,
-    data: Annotated[str | None, typer.Option(help="labelled data: csv, tsv, jsonl, parquet or sentence@label .txt", rich_help_panel=DATA)] = None,  # noqa: E501
-    eval_data: Annotated[str | None, typer.Option(help="separate validation file (default: split --data)", rich_help_panel=DATA)] = None,  # noqa: E501
-    text_col: Annotated[str | None, typer.Option(help="text column (auto-detected: text, sentence, ...)", rich_help_panel=DATA)] = None,  # noqa: E501
-    label_col: Annotated[str | None, typer.Option(help="label column (auto-detected: label, ...)", rich_help_panel=DATA)] = None,  # noqa: E501
-    labels: Annotated[str | None, typer.Option(help="label order, comma separated (default: sorted)", rich_help_panel=DATA)] = None,  # noqa: E501
-    label_names: Annotated[str | None, typer.Option(help="words for labels that are codes: 0=negative,1=positive, or a file of label=words lines (default: the label names, camelCase and -/_ split)", rich_help_panel=DATA)] = None,  # noqa: E501
-    val_fraction: Annotated[float | None, typer.Option(help="stratified validation share [0.1]", rich_help_panel=DATA)] = None,  # noqa: E501
-    tokenizer: Annotated[str | None, typer.Option(help="auto (the model's own; a trained BPE for scratch), bpe, or a HF tokenizer folder, .gguf file or hub id [auto]", rich_help_panel=TOK)] = None,  # noqa: E501
-    vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size [2000]", rich_help_panel=TOK)] = None,
-    lowercase: Annotated[bool | None, typer.Option("--lowercase/--no-lowercase", help="BPE: fold case [off]", rich_help_panel=TOK)] = None,  # noqa: E501
-    max_length: Annotated[int | None, typer.Option(help="truncate texts to this many tokens (recipe default)", rich_help_panel=TOK)] = None,  # noqa: E501
-    padding_side: Annotated[str | None, typer.Option(help="right or left [right]", rich_help_panel=TOK)] = None,
-    prompt: Annotated[str | None, typer.Option(help="template around each text, with {text} once, e.g. $'{text}\\nSentiment:' (kept whole when a text is cut), or auto: a question that names the label set (recipe default)", rich_help_panel=TOK)] = None,  # noqa: E501
-    model: Annotated[str | None, typer.Option(help="scratch, or a pretrained decoder: hub id, local folder or .gguf file [scratch]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code", help="run a hub model's own code [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    grad_checkpointing: Annotated[bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="recompute activations to save memory [off]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each decoder block for training: faster steps on CPU after a one-off compile (cached on disk); needs a C++ compiler [off]", rich_help_panel=OPT)] = None,  # noqa: E501
-    layer: Annotated[str | None, typer.Option(callback=_layer_value, help="pretrained: pool the hidden states after block N; later blocks and the final norm are dropped; auto: the block a cross-validated linear probe scores best on the training split; middle: the block at half the model's depth (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
-    final_norm: Annotated[bool | None, typer.Option("--final-norm/--no-final-norm", help="with --layer N or middle: keep the final norm after that block, so the model is the family with N blocks (export --format hf accepts it) (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
-    mode: Annotated[str | None, typer.Option(help="full, lora, probe (frozen backbone: a head on cached pooled features), top-N (train the last N blocks; the frozen ones run once) or zeroshot (no training: the LM's scores for the label words, calibrated) [auto: full for scratch, top-4 for a pretrained model]", rich_help_panel=OPT)] = None,  # noqa: E501
-    lora_r: Annotated[int | None, typer.Option(help="LoRA rank (recipe default)", rich_help_panel=OPT)] = None,
-    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha (recipe default)", rich_help_panel=OPT)] = None,
-    lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout [0]", rich_help_panel=OPT)] = None,
-    merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="LoRA: save merged weights, not the adapter [off]", rich_help_panel=OPT)] = None,  # noqa: E501
-    precision: Annotated[str | None, typer.Option(help="auto, fp32 or bf16 (autocast) [auto: bf16 for pretrained models where fast]", rich_help_panel=OPT)] = None,  # noqa: E501
-    d_model: Annotated[int | None, typer.Option(help="hidden size [128]", rich_help_panel=MODEL)] = None,
-    n_layers: Annotated[int | None, typer.Option(help="decoder blocks [2]", rich_help_panel=MODEL)] = None,
-    n_heads: Annotated[int | None, typer.Option(help="attention heads [4]", rich_help_panel=MODEL)] = None,
-    d_ff: Annotated[int | None, typer.Option(help="MLP width [512]", rich_help_panel=MODEL)] = None,
-    dropout: Annotated[float | None, typer.Option(help="dropout in the decoder [0.2]", rich_help_panel=MODEL)] = None,
-    context_length: Annotated[int | None, typer.Option(help="position table size [max length]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    pooling: Annotated[str | None, typer.Option(help="last, mean, max or first [last]", rich_help_panel=MODEL)] = None,
-    head_dropout: Annotated[float | None, typer.Option(help="dropout before the head [0]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    head_bias: Annotated[bool | None, typer.Option("--head-bias/--no-head-bias", help="a bias in the linear head; off makes a pretrained model exportable to transformers (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
-    head_init: Annotated[str | None, typer.Option(help="random, or labels: the head's rows start from the LM's output rows for the label words [random]", rich_help_panel=MODEL)] = None,  # noqa: E501
-    token_dropout: Annotated[float | None, typer.Option(help="training augmentation: delete this share of tokens (recipe default)", rich_help_panel=MODEL)] = None,  # noqa: E501
-    epochs: Annotated[str | None, typer.Option(callback=_int_or_auto, help="epochs, or auto: from the data size and the number of labels (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
-    patience: Annotated[int | None, typer.Option(help="stop after N epochs without a better validation macro-F1 (the best epoch is kept) (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
-    batch_size: Annotated[int | None, typer.Option(help="batch size (recipe default)", rich_help_panel=OPT)] = None,
-    lr: Annotated[float | None, typer.Option(help="peak learning rate (recipe default)", rich_help_panel=OPT)] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
-    warmup: Annotated[float | None, typer.Option(help="warmup: fraction of steps (<1) or steps (>=1) (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many optimizer steps", rich_help_panel=OPT)] = None,  # noqa: E501
-    grad_clip: Annotated[float | None, typer.Option(help="max gradient norm, 0 = off [1.0]", rich_help_panel=OPT)] = None,  # noqa: E501
-    grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps [1]", rich_help_panel=OPT)] = None,  # noqa: E501
-    label_smoothing: Annotated[float | None, typer.Option(help="cross-entropy label smoothing (recipe default)", rich_help_panel=OPT)] = None,  # noqa: E501
-    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="temperature scaling fitted on the validation split after training [on]", rich_help_panel=OPT)] = None,  # noqa: E501
-    baseline: Annotated[bool | None, typer.Option("--baseline/--no-baseline", help="also train a bag-of-words baseline (TF-IDF + linear SVM) on the same split and report it beside the model [on]", rich_help_panel=OPT)] = None,  # noqa: E501
-    fuse_baseline: Annotated[bool | None, typer.Option("--fuse-baseline/--no-fuse-baseline", help="add the bag-of-words baseline's scores to the model's, at a weight chosen on the validation split (0 keeps the model alone) [on, except zeroshot]", rich_help_panel=OPT)] = None,  # noqa: E501
-    seed: Annotated[int | None, typer.Option(help="random seed [0]", rich_help_panel=OPT)] = None,
-    out: Annotated[Path | None, typer.Option(help="run directory [runs/<timestamp>]", rich_help_panel=OUT)] = None,
-    save_every: Annotated[int | None, typer.Option(help="also checkpoint every N optimizer steps (checkpoints are always saved at each epoch end and on Ctrl-C/SIGTERM) [off]", rich_help_panel=RUN)] = None,  # noqa: E501
-    keep_checkpoints: Annotated[int | None, typer.Option(help="keep the newest K checkpoints while training; 0 writes none (no resume, Ctrl-C just stops) [1]", rich_help_panel=RUN)] = None,  # noqa: E501
-    resume: Annotated[Path | None, typer.Option(help="continue the stopped run in this run directory from its newest checkpoint (same settings and data; flags may repeat them)", rich_help_panel=RUN)] = None,  # noqa: E501
-    num_processes: Annotated[int | None, typer.Option(help="train with N processes (DDP; gloo on CPU, NCCL on GPUs); --batch-size stays the global batch [1]", rich_help_panel=RUN)] = None,  # noqa: E501
-    sharding: Annotated[str | None, typer.Option(help="with several processes: none (DDP: a full copy per process) or fsdp (parameters, gradients and optimizer state sharded) [none]", rich_help_panel=RUN)] = None,  # noqa: E501
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or tables", rich_help_panel=OUT)] = False,  # noqa: E501
-) -> None:
+@_train_options
+def train(**options: Any) -> None:
     """Train a classifier and write a run directory (model/, config.yaml, history.jsonl, metrics.json)."""
-    params = dict(locals())  # every RunConfig field is a parameter of the same name
     from lastpool.classifier import Classifier
     from lastpool.data.tables import read_table
     from lastpool.distributed import finish, launch_processes, process_rank, under_launcher
-    from lastpool.runs import check_output_dir, data_summary, default_run_dir, write_run
-    from lastpool.training.checkpoint import CheckpointSettings, latest_checkpoint, load_checkpoint
+    from lastpool.runs import data_summary, write_run
+    from lastpool.training.checkpoint import CheckpointSettings
 
-    checkpoint = None
-    if resume is not None:
-        if out is not None and Path(out).resolve() != resume.resolve():
-            raise ConfigError("--resume continues the run in its own directory; leave out --out (or give the same)")
-        checkpoint = load_checkpoint(latest_checkpoint(resume / "checkpoints"))
-        saved = checkpoint.state.get("fingerprint", {}).get("config")
-        if not isinstance(saved, dict):
-            raise ConfigError(f"--resume {resume}: its checkpoint does not record the run's settings")
-        # The run's own settings, then the flags given now: a flag that changes one is refused later.
-        cfg = _run_config({**params, "out": resume}, base=saved)
-        run_dir = resume
-    else:
-        cfg = _run_config(params)
-        run_dir = Path(cfg.out) if cfg.out else default_run_dir()
-        check_output_dir(run_dir)
+    cfg, run_dir, checkpoint = _start_run(options)
     if cfg.num_processes > 1 and not under_launcher():
         # This process only starts the N training processes and waits; they read the same flags.
         raise typer.Exit(launch_processes(cfg.num_processes, _ARGV + ([] if cfg.out else ["--out", str(run_dir)])))
@@ -167,7 +165,7 @@ def train(
     settings = (CheckpointSettings(run_dir / "checkpoints", every=cfg.save_every, keep=cfg.keep_checkpoints)
                 if cfg.keep_checkpoints > 0 else None)
     clf = Classifier(cfg).fit(
-        table.texts, table.labels, eval_texts=eval_texts, eval_labels=eval_labels, quiet=quiet,
+        table.texts, table.labels, eval_texts=eval_texts, eval_labels=eval_labels, quiet=options["quiet"],
         data_name=f"training data {table.source}",
         eval_name=f"validation data {cfg.eval_data}" if cfg.eval_data else "validation split",
         checkpoints=settings, resume=checkpoint,
@@ -177,8 +175,34 @@ def train(
         write_run(clf, run_dir, clf.config, data_summary(table.texts, table.labels, table.source),
                   replace=(run_dir / "checkpoints").exists())
     finish()
-    if process_rank() != 0:
-        return
+    if process_rank() == 0:
+        _report_run(clf, cfg, run_dir, quiet=options["quiet"])
+
+
+def _start_run(options: dict[str, Any]) -> tuple[RunConfig, Path, Checkpoint | None]:
+    """train's config, its run directory and, with --resume, the checkpoint it continues from."""
+    from lastpool.runs import check_output_dir, default_run_dir
+    from lastpool.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    resume: Path | None = options["resume"]
+    if resume is None:
+        cfg = _run_config(options)
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir()
+        check_output_dir(run_dir)
+        return cfg, run_dir, None
+    if options["out"] is not None and Path(options["out"]).resolve() != resume.resolve():
+        raise ConfigError("--resume continues the run in its own directory; leave out --out (or give the same)")
+    checkpoint = load_checkpoint(latest_checkpoint(resume / "checkpoints"))
+    saved = checkpoint.state.get("fingerprint", {}).get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume {resume}: its checkpoint does not record the run's settings")
+    # The run's own settings, then the flags given now: a flag that changes one is refused later.
+    return _run_config({**options, "out": resume}, base=saved), resume, checkpoint
+
+
+def _report_run(clf: Classifier, cfg: RunConfig, run_dir: Path, quiet: bool) -> None:
+    """The finished run in one line (on stdout with --quiet), after how the frozen blocks ran and the
+    calibration."""
     assert clf.result is not None
     val = clf.result.val_metrics
     kept = f"best epoch {clf.result.best_epoch}" if clf.result.history else "no training"
@@ -194,30 +218,17 @@ def train(
                f"macro-F1 {val['macro_f1']:.4f}{beside})")
     if quiet:
         print(summary)
-    else:
-        if clf.lower_blocks_cached is not None:
-            err.print(f"{cfg.mode}: blocks 1-{clf.lower_blocks_cached} ran once; the top blocks trained on their "
-                      "cached hidden states")
-        elif clf.cache_note is not None:
-            err.print(f"{cfg.mode}: the frozen blocks ran in every epoch ({clf.cache_note})")
-        if clf.calibration is not None:
-            c = clf.calibration
-            err.print(f"calibration: temperature {c['temperature']:.3f}, validation ECE {c['ece_before']:.4f} -> "
-                      f"{c['ece_after']:.4f}, log loss {c['log_loss_before']:.4f} -> {c['log_loss_after']:.4f}")
-        err.print(summary)
-
-
-def _with_train_options(func: Any) -> Any:
-    """Give a command every option of ``train`` (same names, help and panels) besides its own, so
-    ``cv`` and ``compare`` accept exactly the flags a training run does."""
-    own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    names = {p.name for p in own}
-    shared = [p for p in inspect.signature(train, eval_str=True).parameters.values()
-              if p.name not in names and p.name not in TRAIN_ONLY]
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own + shared]
-    func.__signature__ = inspect.Signature(params, return_annotation=None)
-    func.__annotations__ = {p.name: p.annotation for p in params}
-    return func
+        return
+    if clf.lower_blocks_cached is not None:
+        err.print(f"{cfg.mode}: blocks 1-{clf.lower_blocks_cached} ran once; the top blocks trained on their "
+                  "cached hidden states")
+    elif clf.cache_note is not None:
+        err.print(f"{cfg.mode}: the frozen blocks ran in every epoch ({clf.cache_note})")
+    if clf.calibration is not None:
+        c = clf.calibration
+        err.print(f"calibration: temperature {c['temperature']:.3f}, validation ECE {c['ece_before']:.4f} -> "
+                  f"{c['ece_after']:.4f}, log loss {c['log_loss_before']:.4f} -> {c['log_loss_after']:.4f}")
+    err.print(summary)
 
 
 def _write_outputs(folder: Path, files: dict[str, str]) -> None:
@@ -554,7 +565,8 @@ def export_model(
 def _serve_help(name: str) -> str:
     """A serve flag's help: ServeConfig's description and default (the one home of both)."""
     field = ServeConfig.model_fields[name]
-    return f"{field.description} [{field.default}]"
+    default = default_words(field.default)  # on/off, and none shown for an unset key
+    return escape(f"{field.description} [{default}]" if default is not None else str(field.description))
 
 
 @app.command()

@@ -3,20 +3,27 @@
 settings take (``PoolingName``).
 
 Flat on purpose: every field has exactly one CLI flag of the same name (``max_length`` is
-``--max-length``), so "every field a flag can override" holds by construction. The resolved config is
-saved with each run. It imports no torch, so the command line builds its help from it quickly.
+``--max-length``), so "every field a flag can override" holds by construction. Each field also carries
+its flag (``flag``: the --help panel, the default in words, the README's longer text), so that
+``lastpool train``'s options and the README's option table are built from the field, not written again.
+The resolved config is saved with each run. It imports no torch or typer, so the command line builds its
+help from it quickly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.config import JsonDict
+from pydantic.fields import FieldInfo
 
 from lastpool.errors import ConfigError
-from lastpool.recipes import default_mode, recipe
+from lastpool.recipes import RECIPE_FIELDS, default_mode, recipe
 
 AUTO = "auto"
 MIDDLE = "middle"  # --layer middle: the block at half the depth
@@ -25,6 +32,22 @@ PoolingName = Literal["last", "mean", "max", "first"]  # models/pooling.py imple
 Precision = Literal["fp32", "bf16"]
 POOLING_NAMES: tuple[str, ...] = get_args(PoolingName)
 RECORDS = frozenset({"from_recipe"})  # fields that record how a config was resolved: no flag sets them
+
+# The panels of `lastpool train --help`, in the order they are shown; every flag names one (``flag``).
+PANELS = ("Data", "Tokenizer", "Model", "Optimisation", "Output", "Checkpoints and processes")
+DATA, TOKENIZER, MODEL, OPTIMISATION, OUTPUT, RUN = PANELS
+RECIPE = "recipe"  # a default that the recipe table fills in (``lastpool.recipes``)
+
+
+def flag(panel: str, *, shown: str | None = None, metavar: str | None = None, doc: str | None = None) -> JsonDict:
+    """A field's command-line flag, for ``Field(json_schema_extra=...)``: its --help panel; ``shown``: the
+    default in words where the field's own default would mislead (it is unset until resolved); ``metavar``:
+    the placeholder after the flag; ``doc``: the README's longer explanation where --help's line (the field's
+    description) leaves out what a reader of the reference wants."""
+    spec: JsonDict = {"panel": panel}
+    spec.update({key: value for key, value in (("shown", shown), ("metavar", metavar), ("doc", doc))
+                 if value is not None})
+    return {"flag": spec}
 
 
 class RunConfig(BaseModel):
@@ -37,89 +60,211 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    # Each setting's description is its --help line (the default is added to it: "[0.1]", or "(recipe
+    # default)" for the settings the recipe table fills); ``flag`` places it (see ``flag_fields``).
+
     # data
-    data: str | None = Field(default=None, description="training data file; the built-in demo set if unset")
-    eval_data: str | None = Field(default=None, description="separate validation file (else a stratified split)")
-    text_col: str | None = Field(default=None, description="text column (auto: text, sentence, ...)")
-    label_col: str | None = Field(default=None, description="label column (auto: label, sentiment, ...)")
-    labels: list[str] | None = Field(default=None, description="label order, e.g. negative,neutral,positive")
+    data: str | None = Field(default=None, description="labelled data: csv, tsv, jsonl, parquet or sentence@label .txt",
+                             json_schema_extra=flag(DATA, shown="the built-in demo set", metavar="FILE"))
+    eval_data: str | None = Field(default=None, description="separate validation file (default: split --data)",
+                                  json_schema_extra=flag(DATA, metavar="FILE"))
+    text_col: str | None = Field(default=None, description="text column (auto-detected: text, sentence, ...)",
+                                 json_schema_extra=flag(DATA))
+    label_col: str | None = Field(default=None, description="label column (auto-detected: label, ...)",
+                                  json_schema_extra=flag(DATA))
+    labels: list[str] | None = Field(default=None, description="label order, comma separated (default: sorted)",
+                                     json_schema_extra=flag(DATA, metavar="a,b,c"))
     label_names: dict[str, str] | None = Field(
-        default=None, description="words for labels that are codes, e.g. 0=negative,1=positive (or a file)")
-    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="validation share of --data")
+        default=None, description="words for labels that are codes: 0=negative,1=positive, or a file of label=words "
+        "lines (default: the label names, camelCase and -/_ split)",
+        json_schema_extra=flag(DATA, doc="words for labels that are codes, for label-word heads, zero-shot: "
+                               "`0=negative,1=positive` or a file of `label=words` lines; otherwise a label is read "
+                               'as words (`PlayMusic` is "play music")'))
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="stratified validation share",
+                                json_schema_extra=flag(DATA))
 
     # tokenizer
     tokenizer: str = Field(
-        default="auto", description="auto (the model's own; a trained BPE for scratch), bpe, or a HF tokenizer"
-    )
-    vocab_size: int = Field(default=2000, ge=300, description="BPE vocabulary size")
-    lowercase: bool = Field(default=False, description="BPE: fold case before tokenizing")
-    max_length: int = Field(default=64, ge=2, description="truncate texts to this many tokens")
-    padding_side: Literal["right", "left"] = Field(default="right", description="where batches are padded")
-    prompt: str = Field(default="{text}",
-                        description="template around each text, e.g. '{text}\\nSentiment:', or auto")
+        default="auto", description="auto (the model's own; a trained BPE for scratch), bpe, or a HF tokenizer "
+        "folder, .gguf file or hub id",
+        json_schema_extra=flag(TOKENIZER, doc="`auto`: the model's own tokenizer, or for `--model scratch` a "
+                               "byte-level BPE trained on the training texts (`bpe`); or a HF tokenizer folder, "
+                               "`.gguf` file or hub id"))
+    vocab_size: int = Field(default=2000, ge=300, description="BPE vocabulary size", json_schema_extra=flag(TOKENIZER))
+    lowercase: bool = Field(default=False, description="BPE: fold case", json_schema_extra=flag(
+        TOKENIZER, doc="BPE: fold case before tokenizing (saved with the tokenizer)"))
+    max_length: int = Field(default=64, ge=2, description="truncate texts to this many tokens",
+                            json_schema_extra=flag(TOKENIZER))
+    padding_side: Literal["right", "left"] = Field(default="right", description="right or left", json_schema_extra=flag(
+        TOKENIZER, doc="`right` or `left` (predictions are the same either way)"))
+    prompt: str = Field(
+        default="{text}", description="template around each text, with {text} once, e.g. $'{text}\\nSentiment:' "
+        "(kept whole when a text is cut), or auto: a question that names the label set",
+        json_schema_extra=flag(TOKENIZER, doc="template around each text, holding `{text}` once, e.g. "
+                               "`$'{text}\\nSentiment:'`; saved with the model and applied at prediction; a long text "
+                               "is cut, never the prompt. `auto`: `$'{text}\\nThis text is about'` (the bare text "
+                               "when that would take over half of `--max-length`)"))
 
     # model
-    model: str = Field(default="scratch", description="scratch, or a pretrained decoder: hub id, folder, .gguf")
-    trust_remote_code: bool = Field(default=False, description="allow a hub model's own Python code")
-    grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory")
-    compile: bool = Field(default=False, description="torch.compile each decoder block for training")
+    model: str = Field(
+        default="scratch", description="scratch, or a pretrained decoder: hub id, local folder or .gguf file",
+        json_schema_extra=flag(MODEL, doc="`scratch` (a GPT-style decoder trained from scratch) or a pretrained "
+                               "decoder: a local transformers folder (safetensors), a `.gguf` file, or a hub id "
+                               "(needs network)"))
+    trust_remote_code: bool = Field(default=False, description="run a hub model's own code",
+                                    json_schema_extra=flag(MODEL))
+    grad_checkpointing: bool = Field(default=False, description="recompute activations to save memory",
+                                     json_schema_extra=flag(MODEL))
+    compile: bool = Field(
+        default=False, description="torch.compile each decoder block for training: faster steps on CPU after a "
+        "one-off compile (cached on disk); needs a C++ compiler",
+        json_schema_extra=flag(OPTIMISATION, doc="`torch.compile` each decoder block for training (one compiled "
+                               "graph shared by the blocks, dynamic sequence lengths; the last block, whose MLP runs "
+                               "at the pooled token only, stays eager; validation and the saved model stay eager): "
+                               "faster steps on CPU, after a one-off compile of ~20 s on 2 cores (~5 s once torch's "
+                               "on-disk cache holds it), so it pays from an epoch or so of a 135M model on (about "
+                               "1.15x per step for full and LoRA fine-tunes of SmolLM2-135M); needs a C++ compiler; "
+                               "one process only, not with `--grad-checkpointing`"))
     layer: Annotated[int, Field(ge=1)] | Literal["auto", "middle"] | None = Field(
-        default=None, description="pretrained: pool the hidden states after this block (later ones dropped), "
-                                  "auto (chosen by a linear probe) or middle (half the model's depth)")
-    final_norm: bool = Field(default=False, description="with --layer N or middle: keep the final norm after "
-                             "that block (a model of N blocks, which export --format hf accepts)")
-    mode: str = Field(default="auto", pattern=r"^(auto|full|lora|probe|zeroshot|top-[1-9][0-9]*)$",
-                      description="full, lora, probe (frozen backbone, head on cached features), top-N or zeroshot; "
-                                  "auto: the model kind's default mode")
-    lora_r: int = Field(default=8, ge=1, description="LoRA rank")
-    lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator")
+        default=None, description="pretrained: pool the hidden states after block N; later blocks and the final norm "
+        "are dropped; auto: the block a cross-validated linear probe scores best on the training split; middle: the "
+        "block at half the model's depth",
+        json_schema_extra=flag(MODEL, metavar="N", doc="pretrained models: pool the hidden states after block N (no "
+                               "final norm); blocks after N are dropped from the model. `auto`: one pass over the "
+                               "texts pools after every block, a cross-validated linear probe (ridge, scikit-learn) "
+                               "scores each block on the training split only, and the best block is used; the scores "
+                               "go into `metrics.json` (`layer_scores`) and a plot in the report. `middle`: the block "
+                               "at half the model's depth"))
+    final_norm: bool = Field(
+        default=False, description="with --layer N or middle: keep the final norm after that block, so the model is "
+        "the family with N blocks (export --format hf accepts it)",
+        json_schema_extra=flag(MODEL, doc="with `--layer N` or `middle`: keep the final norm after block N, so the "
+                               "model is the family with N blocks (`export --format hf` accepts it); off: the raw "
+                               "hidden states after block N"))
+    mode: str = Field(
+        default="auto", pattern=r"^(auto|full|lora|probe|zeroshot|top-[1-9][0-9]*)$",
+        description="full, lora, probe (frozen backbone: a head on cached pooled features), top-N (train the last N "
+        "blocks; the frozen ones run once) or zeroshot (no training: the LM's scores for the label words, calibrated)",
+        json_schema_extra=flag(
+            OPTIMISATION, shown="auto: full for scratch, top-4 for a pretrained model",
+            doc="`full` fine-tune; `zeroshot`: no training, the head holds the LM's output rows for the label words "
+            "and a contextual-calibration bias (needs label names that are words, or `--label-names`); `lora`: PEFT "
+            "LoRA adapters plus a fully trained head (the model folder stores the adapter, the head and the base "
+            "model's source and sha256; loading needs the base and says so when it is missing); `probe`: frozen "
+            "backbone, pooled features computed once and cached under `$LASTPOOL_CACHE/features` (keyed by backbone, "
+            "token ids, pooling, padding side, precision), only the head trained; `top-N`: train the last N blocks, "
+            "the final norm and the head; the frozen blocks below them run once over the training and validation "
+            "texts and their hidden states are kept in memory, so each epoch runs only the top N blocks (checked to "
+            "reproduce the model on a few texts first; otherwise, and with token dropout or several processes, the "
+            "frozen blocks run in every epoch, and the CLI says why)"))
+    lora_r: int = Field(default=8, ge=1, description="LoRA rank", json_schema_extra=flag(
+        OPTIMISATION, doc="LoRA rank, for `--mode lora` (targets: the attention and MLP projections of the model "
+        "family)"))
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha", json_schema_extra=flag(OPTIMISATION))
     # 0, as in peft: on a CPU the random masks of 0.05 cost a third of a LoRA step (210 adapted projections
     # of SmolLM2, one mask each per step) for no accuracy measured on Financial PhraseBank (docs/BENCHMARKS.md).
-    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
-    merge: bool = Field(default=False, description="LoRA: save merged full weights instead of the adapter")
-    precision: Literal["auto", "fp32", "bf16"] = Field(default="auto", description="auto, fp32 or bf16 autocast")
-    d_model: int = Field(default=128, gt=0)
-    n_layers: int = Field(default=2, ge=1)
-    n_heads: int = Field(default=4, ge=1)
-    d_ff: int = Field(default=512, gt=0)
-    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-    context_length: int | None = Field(default=None, gt=0, description="position table size (default max_length)")
-    pooling: PoolingName = Field(default="last", description="last, mean, max or first")
-    head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    head_bias: bool = Field(default=True, description="a bias in the linear head (off: exportable to transformers)")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="LoRA dropout",
+                                json_schema_extra=flag(OPTIMISATION))
+    merge: bool = Field(default=False, description="LoRA: save merged weights, not the adapter",
+                        json_schema_extra=flag(OPTIMISATION))
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="the dtype the weights run in: fp32, or bf16 weights (with float32 master "
+        "copies while training)",
+        json_schema_extra=flag(
+            OPTIMISATION, shown="auto: bf16 for pretrained models where fast",
+            doc="the dtype the weights run in: `fp32`, or `bf16` weights (training keeps float32 master copies, so "
+            "updates accumulate in float32; prediction runs on a bf16 copy); `auto`: bf16 for pretrained backbones "
+            "on hardware with fast bf16 matmuls, fp32 for `scratch`"))
+    d_model: int = Field(default=128, gt=0, description="hidden size",
+                         json_schema_extra=flag(MODEL, doc="hidden size of the from-scratch decoder"))
+    n_layers: int = Field(default=2, ge=1, description="decoder blocks",
+                          json_schema_extra=flag(MODEL, doc="blocks of the from-scratch decoder"))
+    n_heads: int = Field(default=4, ge=1, description="attention heads",
+                         json_schema_extra=flag(MODEL, doc="attention heads of the from-scratch decoder"))
+    d_ff: int = Field(default=512, gt=0, description="MLP width",
+                      json_schema_extra=flag(MODEL, doc="MLP width of the from-scratch decoder"))
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description="dropout in the decoder",
+                           json_schema_extra=flag(MODEL))
+    context_length: int | None = Field(default=None, gt=0, description="position table size",
+                                       json_schema_extra=flag(MODEL, shown="max length"))
+    pooling: PoolingName = Field(default="last", description="last, mean, max or first", json_schema_extra=flag(
+        MODEL, doc="`last`, `mean`, `max` or `first` (all from the attention mask)"))
+    head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout before the head",
+                                json_schema_extra=flag(MODEL))
+    head_bias: bool = Field(default=True, description="a bias in the linear head; off makes a pretrained model "
+                            "exportable to transformers", json_schema_extra=flag(MODEL))
     head_init: Literal["random", "labels"] = Field(
-        default="random", description="random, or labels: head rows start from the LM's rows for the label words")
-    token_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="training: delete tokens at this rate")
+        default="random", description="random, or labels: the head's rows start from the LM's output rows for the "
+        "label words",
+        json_schema_extra=flag(MODEL, shown="random", doc="`labels`: the head's rows start from the LM's output "
+                               "embedding rows of the label words (mean over sub-tokens), so training starts where "
+                               "the LM already points (not with `--mode probe`)"))
+    token_dropout: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="training augmentation: delete this share of tokens",
+        json_schema_extra=flag(MODEL, doc="training augmentation: delete this share of tokens (never the last) per "
+                               "batch"))
 
     # optimisation
     epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        default=10, description="epochs, or auto: from the data size and the number of labels")
-    patience: int | None = Field(default=None, ge=1,
-                                 description="stop after this many epochs without a better validation macro-F1")
-    batch_size: int = Field(default=32, ge=1)
-    lr: float = Field(default=1e-3, gt=0.0)
-    weight_decay: float = Field(default=0.1, ge=0.0)
-    warmup: float = Field(default=0.05, ge=0.0, description="warmup: a fraction of all steps (<1) or steps (>=1)")
-    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps")
-    grad_clip: float = Field(default=1.0, ge=0.0, description="max gradient norm (0: off)")
-    grad_accum: int = Field(default=1, ge=1, description="gradient accumulation steps")
-    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
-    calibrate: bool = Field(default=True, description="fit a softmax temperature on the validation split")
-    baseline: bool = Field(default=True, description="also score a bag-of-words (TF-IDF + linear) baseline")
+        default=10, description="epochs, or auto: from the data size and the number of labels",
+        json_schema_extra=flag(OPTIMISATION, doc="epochs (the best epoch by validation macro-F1 is kept); `auto`: "
+                               "enough passes that each class is seen about 500 times, at least 2 (and ~200 "
+                               "optimizer steps), at most 20"))
+    patience: int | None = Field(
+        default=None, ge=1, description="stop after N epochs without a better validation macro-F1 (the best epoch is "
+        "kept)", json_schema_extra=flag(OPTIMISATION, metavar="N"))
+    batch_size: int = Field(default=32, ge=1, description="batch size", json_schema_extra=flag(OPTIMISATION))
+    lr: float = Field(default=1e-3, gt=0.0, description="peak learning rate", json_schema_extra=flag(
+        OPTIMISATION, doc="peak learning rate (AdamW, linear warmup then cosine decay)"))
+    weight_decay: float = Field(default=0.1, ge=0.0, description="AdamW weight decay", json_schema_extra=flag(
+        OPTIMISATION, doc="AdamW weight decay (matrices only)"))
+    warmup: float = Field(default=0.05, ge=0.0, description="warmup: fraction of steps (<1) or steps (>=1)",
+                          json_schema_extra=flag(OPTIMISATION))
+    max_steps: int | None = Field(default=None, ge=1, description="stop after this many optimizer steps",
+                                  json_schema_extra=flag(OPTIMISATION))
+    grad_clip: float = Field(default=1.0, ge=0.0, description="max gradient norm, 0 = off",
+                             json_schema_extra=flag(OPTIMISATION))
+    grad_accum: int = Field(default=1, ge=1, description="gradient accumulation steps",
+                            json_schema_extra=flag(OPTIMISATION))
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0, description="cross-entropy label smoothing",
+                                   json_schema_extra=flag(OPTIMISATION))
+    calibrate: bool = Field(
+        default=True, description="temperature scaling fitted on the validation split after training",
+        json_schema_extra=flag(OPTIMISATION, doc="fit a softmax temperature on the validation split after training "
+                               "(saved with the model, used by `predict_proba`; ECE before and after in "
+                               "`metrics.json`)"))
+    baseline: bool = Field(
+        default=True, description="also train a bag-of-words baseline (TF-IDF + linear SVM) on the same split and "
+        "report it beside the model", json_schema_extra=flag(OPTIMISATION))
     fuse_baseline: bool = Field(
-        default=True, description="add the baseline's scores to the model's, at a weight chosen on the "
-        "validation split (0: the model alone)")
-    seed: int = Field(default=0, ge=0)
+        default=True, description="add the bag-of-words baseline's scores to the model's, at a weight chosen on the "
+        "validation split (0 keeps the model alone)",
+        json_schema_extra=flag(OPTIMISATION, shown="on, except zeroshot", doc="add the baseline's scores to the "
+                               "model's, with a share chosen on the validation split by log loss (0: the model "
+                               "alone); saved as `bag_of_words.json` + `bag_of_words.safetensors` in the model "
+                               "folder, never pickled. Exports hold the language model alone"))
+    seed: int = Field(default=0, ge=0, description="random seed", json_schema_extra=flag(
+        OPTIMISATION, doc="seed for the split, initialisation, batches and dropout"))
 
     # output and run control (these may differ when a run is resumed)
-    out: str | None = Field(default=None, description="run directory (default runs/<timestamp>)")
-    save_every: int | None = Field(default=None, ge=1,
-                                   description="checkpoint every N optimizer steps (always: each epoch end, Ctrl-C)")
-    keep_checkpoints: int = Field(default=1, ge=0,
-                                  description="how many of the newest checkpoints to keep (0: write none)")
-    num_processes: int = Field(default=1, ge=1, description="train with N processes (DDP; gloo on CPU)")
-    sharding: Literal["none", "fsdp"] = Field(default="none",
-                                              description="with several processes: none (DDP) or fsdp")
+    out: str | None = Field(default=None, description="run directory", json_schema_extra=flag(
+        OUTPUT, shown="runs/<timestamp>", metavar="DIR", doc="run directory (must not exist or be empty)"))
+    save_every: int | None = Field(
+        default=None, ge=1, description="also checkpoint every N optimizer steps (checkpoints are always saved at "
+        "each epoch end and on Ctrl-C/SIGTERM)", json_schema_extra=flag(RUN, shown="off", metavar="N"))
+    keep_checkpoints: int = Field(
+        default=1, ge=0, description="keep the newest K checkpoints while training; 0 writes none (no resume, "
+        "Ctrl-C just stops)",
+        json_schema_extra=flag(RUN, metavar="K", doc="keep the newest K checkpoints while training; 0 writes none "
+                               "(for runs too big to checkpoint: no resume, Ctrl-C just stops)"))
+    num_processes: int = Field(
+        default=1, ge=1, description="train with N processes (DDP; gloo on CPU, NCCL on GPUs); --batch-size stays "
+        "the global batch", json_schema_extra=flag(RUN, metavar="N"))
+    sharding: Literal["none", "fsdp"] = Field(
+        default="none", description="with several processes: none (DDP: a full copy per process) or fsdp "
+        "(parameters, gradients and optimizer state sharded)",
+        json_schema_extra=flag(RUN, doc="with several processes: `none` (DDP: a full copy per process) or `fsdp` "
+                               "(parameters, gradients and optimizer state sharded; see `configs/fsdp-*.yaml`)"))
 
     from_recipe: list[str] = Field(default_factory=list,
                                    description="settings that came from the recipe table, not from the user")
@@ -183,6 +328,57 @@ class RunConfig(BaseModel):
 
     def warmup_steps(self, total_steps: int) -> int:
         return int(self.warmup) if self.warmup >= 1 else int(round(self.warmup * total_steps))
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A RunConfig field as its command-line flag, read from the field (``flag``): what ``lastpool train``'s
+    options and the README's option table are built from."""
+
+    name: str  # the field: max_length
+    field: FieldInfo
+    panel: str
+    default: str | None  # in words: "0.1", "off", RECIPE; None: unset, nothing to show
+    metavar: str | None
+    doc: str  # the README's explanation (the description where the field gives no longer one)
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def switch(self) -> bool:
+        """A bool field: --x / --no-x."""
+        return self.field.annotation is bool
+
+    @property
+    def help(self) -> str:
+        """The --help line: the description and the default, "[0.1]" or "(recipe default)"."""
+        marker = "" if self.default is None else " (recipe default)" if self.default == RECIPE else f" [{self.default}]"
+        return f"{self.field.description}{marker}"
+
+
+def default_words(value: Any) -> str | None:
+    """A default as --help shows it: on/off for a switch, None for unset."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def flag_fields() -> Iterator[Flag]:
+    """Every RunConfig field with a flag (all but RECORDS), in field order."""
+    for name, field in RunConfig.model_fields.items():
+        extra = field.json_schema_extra
+        spec = extra.get("flag") if isinstance(extra, dict) else None
+        if not isinstance(spec, dict):
+            continue
+        shown = spec.get("shown")
+        default = str(shown) if shown is not None else RECIPE if name in RECIPE_FIELDS else default_words(field.default)
+        metavar = spec.get("metavar")
+        yield Flag(name, field, str(spec["panel"]), default, str(metavar) if metavar is not None else None,
+                   str(spec.get("doc") or field.description))
 
 
 def without_recipe(values: dict[str, Any]) -> dict[str, Any]:
