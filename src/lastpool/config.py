@@ -161,8 +161,8 @@ class RunConfig(BaseModel):
         OPTIMISATION, doc="LoRA rank, for `--mode lora` (targets: the attention and MLP projections of the model "
         "family)"))
     lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha", json_schema_extra=flag(OPTIMISATION))
-    # 0, as in peft: on a CPU the random masks of 0.05 cost a third of a LoRA step (210 adapted projections
-    # of SmolLM2, one mask each per step) for no accuracy measured on Financial PhraseBank (docs/BENCHMARKS.md).
+    # 0, as in peft: on a CPU a random mask per adapted projection per step costs a large share of a LoRA
+    # step, for no accuracy gain measured on Financial PhraseBank (docs/BENCHMARKS.md).
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="LoRA dropout",
                                 json_schema_extra=flag(OPTIMISATION))
     merge: bool = Field(default=False, description="LoRA: save merged weights, not the adapter",
