@@ -636,6 +636,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False, prog_name="lastpool")
     except TrainingStopped as exc:
+        from lastpool.distributed import finish
+
+        # Every process stops at the same step (the trainer all-reduces the stop flag), so they close the
+        # process group together; left open, its threads can abort the process as it exits.
+        finish()
         if not quiet_rank:
             sys.stderr.write(f"{exc}\n")
         return exc.exit_code
