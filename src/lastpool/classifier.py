@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from lastpool.artifact import (
 )
 from lastpool.config import AUTO, MIDDLE, RunConfig, make_config, without_recipe
 from lastpool.data.batching import EncodedDataset
-from lastpool.data.labels import LabelSet
+from lastpool.data.labels import LabelSet, data_summary
 from lastpool.data.split import stratified_split
 from lastpool.distributed import under_launcher
 from lastpool.errors import ConfigError, DataError, ModelLoadError
@@ -123,8 +122,7 @@ class TrainingSplit:
         except DataError as exc:  # name the file: "only one class" alone does not say where
             raise DataError(f"{data_name}: {exc}") from None
         encoded = label_set.encode(str_labels, source=data_name)
-        summary = {"source": data_name, "rows": len(checked),
-                   "class_counts": dict(sorted(Counter(str_labels).items()))}
+        summary = data_summary(str_labels, data_name)
         names = list(label_set.names)
         if eval_texts is not None or eval_labels is not None:
             if eval_texts is None or eval_labels is None:

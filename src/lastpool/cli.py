@@ -146,9 +146,10 @@ def _with_train_options(func: Any) -> Any:
 def train(**options: Any) -> None:
     """Train a classifier and write a run directory (model/, config.yaml, history.jsonl, metrics.json)."""
     from lastpool.classifier import Classifier
+    from lastpool.data.labels import data_summary
     from lastpool.data.tables import read_table
     from lastpool.distributed import finish, launch_processes, process_rank, under_launcher
-    from lastpool.runs import data_summary, write_run
+    from lastpool.runs import write_run
     from lastpool.training.checkpoint import CheckpointSettings
 
     cfg, run_dir, checkpoint = _start_run(options)
@@ -172,7 +173,7 @@ def train(**options: Any) -> None:
     )
     if process_rank() == 0:  # only the main process writes the run directory
         # The finished run replaces its checkpoints: the model folder is the result.
-        write_run(clf, run_dir, clf.config, data_summary(table.texts, table.labels, table.source),
+        write_run(clf, run_dir, clf.config, data_summary(table.labels, table.source),
                   replace=(run_dir / "checkpoints").exists())
     finish()
     if process_rank() == 0:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,6 @@ def check_output_file(path: Path, what: str = "--output") -> None:
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory; give a file name")
     check_writable_dir(path.parent, f"cannot write {what} {path}")
-
-
-def data_summary(texts: list[str], labels: list[str], source: str) -> dict[str, Any]:
-    return {"source": source, "rows": len(texts), "class_counts": dict(sorted(Counter(labels).items()))}
 
 
 def run_report(clf: Classifier, config: RunConfig, data: dict[str, Any], token_lengths: list[int]) -> Any:
