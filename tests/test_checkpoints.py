@@ -98,6 +98,7 @@ def test_bf16_master_weights_resume_exactly(tmp_path: Path) -> None:
     """bf16 training: the float32 masters are what a checkpoint holds, and all a resume needs."""
     from lastpool.config import RunConfig
     from lastpool.data.batching import EncodedDataset
+    from lastpool.tasks import SingleLabel
     from lastpool.training.trainer import Trainer
     from tests.test_training_precision import _tiny_llama_classifier
 
@@ -109,11 +110,11 @@ def test_bf16_master_weights_resume_exactly(tmp_path: Path) -> None:
     settings = CheckpointSettings(tmp_path / "ck", every=3, keep=100)
     torch.manual_seed(0)
     model = _tiny_llama_classifier()
-    Trainer(config, 0, ["a", "b", "c"], quiet=True, precision="bf16", checkpoints=settings).fit(model, train, val)
+    task = SingleLabel(["a", "b", "c"], label_smoothing=config.label_smoothing)
+    Trainer(config, 0, task, quiet=True, precision="bf16", checkpoints=settings).fit(model, train, val)
     middle = list_checkpoints(settings.folder)[1]
     again = _tiny_llama_classifier()
-    Trainer(config, 0, ["a", "b", "c"], quiet=True, precision="bf16",
-            resume=load_checkpoint(middle)).fit(again, train, val)
+    Trainer(config, 0, task, quiet=True, precision="bf16", resume=load_checkpoint(middle)).fit(again, train, val)
     assert all(p.dtype == torch.float32 for p in again.parameters())
     assert _same_state(model.state_dict(), again.state_dict())
 

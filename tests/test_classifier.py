@@ -267,7 +267,10 @@ def test_sklearn_clone_and_set_params_carry_the_chosen_settings(fitted: Classifi
     from sklearn.base import clone
 
     copy = clone(fitted)
-    assert copy.model is None and copy.config == fitted.config
+    # the same settings, less what the fit resolved from the data (task auto became single)
+    assert copy.model is None and copy.get_params() == fitted.get_params()
+    assert copy.config.task == "auto" and fitted.config.task == "single"
+    assert copy.config.model_dump(exclude={"task"}) == fitted.config.model_dump(exclude={"task"})
     assert copy.set_params(epochs=2).config.epochs == 2 and copy.get_params()["epochs"] == 2
     with pytest.raises(ConfigError, match="lr"):
         copy.set_params(lr=-1.0)

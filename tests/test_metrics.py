@@ -7,9 +7,8 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
 from lastpool import Classifier
-from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll, reliability_bins
+from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll, reliability_bins, softmax
 from lastpool.evaluation.metrics import classification_metrics
-from lastpool.training.inference import softmax
 from tests.conftest import demo_sample
 
 Y_TRUE = [0, 0, 1, 1, 2, 2, 2, 0, 1, 2]

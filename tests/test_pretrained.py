@@ -221,7 +221,8 @@ def test_lora_needs_a_pretrained_model(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_bf16_inference_runs_on_a_bf16_copy_and_keeps_float32_weights(llama_folder: Path) -> None:
-    from lastpool.training.inference import predict_logits, softmax
+    from lastpool.evaluation.calibration import softmax
+    from lastpool.training.inference import predict_logits
 
     texts, labels = demo_sample()
     clf = Classifier(model=str(llama_folder), **{**TINY, "precision": "bf16"}).fit(texts, labels)

@@ -235,7 +235,8 @@ def _stub_classifier(report: RunReport, **extra: Any) -> SimpleNamespace:
     logits = np.random.default_rng(0).normal(size=(n, len(LABELS)))
     result = SimpleNamespace(val_metrics=report.val, best_epoch=report.best_epoch, history=report.history,
                              optimizer_steps=10, train_seconds=1.0, train_samples_per_second=100.0)
-    return SimpleNamespace(result=result, calibration=None, spec=SimpleNamespace(labels=LABELS, temperature=1.0),
+    spec = SimpleNamespace(labels=LABELS, temperature=1.0, task="single")
+    return SimpleNamespace(result=result, calibration=None, spec=spec,
                            validation={"logits": logits, "labels": [i % 3 for i in range(n)],
                                        "texts": [f"text {i}" for i in range(n)]}, **extra)
 

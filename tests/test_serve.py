@@ -297,13 +297,14 @@ def test_a_request_is_tokenized_once(model_dir: Path) -> None:
 def test_model_failure_is_a_500_for_that_batch_only(clf: Classifier, model_dir: Path) -> None:
     """A model call that raises answers its requests with a JSON 500; the server keeps serving."""
 
-    def flaky(texts: list[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
+    def flaky(texts: list[str], token_ids: list[list[int]] | None = None,
+              text_pairs: list[str] | None = None) -> np.ndarray:
         if any("boom" in t for t in texts):
             raise RuntimeError("boom")
-        return clf.predict_proba(texts, token_ids=token_ids)
+        return clf.logits(texts, token_ids=token_ids)
 
     broken = Classifier.load(model_dir)
-    broken.predict_proba = flaky  # type: ignore[method-assign]
+    broken.logits = flaky  # type: ignore[method-assign]
     app = create_app(broken, batch_wait_ms=0)
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         error = assert_error(http.post("/v1/classify", json={"texts": ["a boom"]}), 500, "model_error")

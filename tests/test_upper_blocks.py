@@ -17,6 +17,7 @@ from lastpool.data.batching import EncodedDataset
 from lastpool.models.backbones import HFBackbone, backbone_from_config, decoder_blocks, running_blocks
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import position_ids_from_mask
+from lastpool.tasks import SingleLabel
 from lastpool.training.features import freeze_for_mode
 from lastpool.training.trainer import Trainer
 from lastpool.training.upper_blocks import HiddenCollator, HiddenStates, UpperBlocks, hidden_after, reproduces
@@ -92,10 +93,10 @@ def test_training_on_cached_states_ends_where_the_ordinary_loop_ends() -> None:
     for model in (ordinary, cached):
         freeze_for_mode(model, "top-1")
     train, val = slice(0, 40), slice(40, 48)
-    plain = Trainer(cfg, PAD, ["a", "b", "c"], quiet=True).fit(
+    plain = Trainer(cfg, PAD, SingleLabel(["a", "b", "c"], label_smoothing=cfg.label_smoothing), quiet=True).fit(
         ordinary, EncodedDataset(ids[train], y[train]), EncodedDataset(ids[val], y[val]))
     hidden = hidden_after(cached, 2, ids, PAD, "fp32")
-    fast = Trainer(cfg, PAD, ["a", "b", "c"], quiet=True).fit(
+    fast = Trainer(cfg, PAD, SingleLabel(["a", "b", "c"], label_smoothing=cfg.label_smoothing), quiet=True).fit(
         UpperBlocks(cached, 2), HiddenStates(hidden[train], y[train], ids[train]),
         HiddenStates(hidden[val], y[val], ids[val]))
     assert plain.optimizer_steps == fast.optimizer_steps > 0

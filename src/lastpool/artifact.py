@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -29,6 +29,7 @@ from lastpool.models.backbones import (
 )
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import GPTBackbone, GPTConfig
+from lastpool.tasks import Task, TaskName, task_for_model
 from lastpool.text.tokenizers import TEXT_SLOT
 from lastpool.version import __version__
 
@@ -123,7 +124,8 @@ class ModelSpec(BaseModel):
     pooling: PoolingName = "last"
     head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     head_bias: bool = True
-    labels: list[str] = Field(min_length=2)
+    task: TaskName = "single"
+    labels: list[str] = Field(min_length=1)  # the outputs in logit order: classes, labels, or the target's name
     max_length: int = Field(gt=0)
     padding_side: Literal["right", "left"] = "right"
     prompt: str = TEXT_SLOT
@@ -133,6 +135,7 @@ class ModelSpec(BaseModel):
     mode: str = "full"
     lora: LoraSpec | None = None
     fusion: FusionSpec | None = None  # None: the LM alone
+    thresholds: list[float] | None = None  # multi-label: each label's decision threshold on its probability
     metrics: dict[str, Any] = Field(default_factory=dict)
     # The resolved RunConfig it was trained with (``Classifier.load`` restores it); None in older folders.
     config: dict[str, Any] | None = None
@@ -143,6 +146,20 @@ class ModelSpec(BaseModel):
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be distinct")
         return labels
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> ModelSpec:
+        if self.task == "single" and len(self.labels) < 2:
+            raise ValueError("a single-label model needs at least two labels")
+        if self.task == "regression" and len(self.labels) != 1:
+            raise ValueError("a regression model has one output (one name in labels)")
+        if self.thresholds is not None and len(self.thresholds) != len(self.labels):
+            raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+        return self
+
+    def task_object(self) -> Task:
+        """The task this model does, with its calibration and thresholds."""
+        return task_for_model(self.task, self.labels, self.temperature, self.thresholds)
 
 
 def build_backbone(spec: ScratchBackboneSpec | PretrainedBackboneSpec) -> GPTBackbone | HFBackbone:

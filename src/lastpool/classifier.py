@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -34,14 +34,12 @@ from lastpool.artifact import (
     save_model,
 )
 from lastpool.config import AUTO, MIDDLE, RunConfig, make_config, without_recipe
-from lastpool.data.batching import EncodedDataset
-from lastpool.data.labels import LabelSet, data_summary
+from lastpool.data.batching import EncodedDataset, Target
 from lastpool.data.split import stratified_split
 from lastpool.distributed import under_launcher
 from lastpool.errors import ConfigError, DataError, ModelLoadError
-from lastpool.evaluation.baseline import fit_baseline
-from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll
-from lastpool.evaluation.metrics import classification_metrics
+from lastpool.evaluation.baseline import fit_baseline, fit_task_baseline
+from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll, softmax
 from lastpool.evaluation.model_card import model_card
 from lastpool.fileio import staged_dir
 from lastpool.models.backbones import HFBackbone, decoder_blocks, load_backbone, middle_block, truncate_backbone
@@ -52,8 +50,18 @@ from lastpool.models.label_head import CONTENT_FREE, content_free_bias, label_ro
 from lastpool.models.lora import apply_lora, merge_lora
 from lastpool.progress import status
 from lastpool.recipes import auto_epochs
+from lastpool.tasks import (
+    Regression,
+    SingleLabel,
+    Task,
+    TaskName,
+    infer_task,
+    output_names,
+    task_for_model,
+    training_task,
+)
 from lastpool.text.label_words import auto_prompt, label_words
-from lastpool.text.tokenizers import TextEncoder, load_pretrained_tokenizer, train_bpe
+from lastpool.text.tokenizers import TextEncoder, fill, load_pretrained_tokenizer, train_bpe
 from lastpool.training.checkpoint import Checkpoint, CheckpointSettings
 from lastpool.training.features import (
     FeatureDataset,
@@ -66,9 +74,9 @@ from lastpool.training.features import (
     standardizer,
 )
 from lastpool.training.fusion import choose_weight, fuse
-from lastpool.training.inference import inference_module, predict_logits, softmax
+from lastpool.training.inference import inference_module, predict_logits
 from lastpool.training.layer_search import best_layer, pooled_every_layer, score_layers
-from lastpool.training.trainer import Trainer, TrainResult, evaluate_logits
+from lastpool.training.trainer import Trainer, TrainResult
 from lastpool.training.upper_blocks import HiddenStates, UpperBlocks, cache_fits, hidden_after, reproduces
 
 
@@ -94,51 +102,145 @@ def _check_texts(texts: Sequence[str], what: str) -> list[str]:
     return out
 
 
+def _check_pairs(pairs: Sequence[str] | None, texts: list[str], what: str) -> list[str] | None:
+    if pairs is None:
+        return None
+    checked = _check_texts(pairs, f"{what} (second texts)")
+    if len(checked) != len(texts):
+        raise DataError(f"{what}: {len(texts)} texts but {len(checked)} second texts")
+    return checked
+
+
+def named_labels(labels: Sequence[Any], names: Sequence[str], source: str) -> list[Any]:
+    """Label ids (0, 1, ...; one per text or lists of them) as the names a ``--label-names`` file gives them."""
+    def name(value: Any, row: int) -> str:
+        text = str(value).strip()
+        if not text.lstrip("+-").isdigit() or not 0 <= int(text) < len(names):
+            raise DataError(f"{source}: item {row + 1}: label {text!r} is not a label id of --label-names (0 to "
+                            f"{len(names) - 1})")
+        return names[int(text)]
+    return [[name(v, i) for v in label] if isinstance(label, (list, tuple)) else name(label, i)
+            for i, label in enumerate(labels)]
+
+
+def _as_task_labels(task: TaskName, labels: Sequence[Any]) -> list[Any]:
+    """Labels in the form a task's targets read: names, lists of names, or (regression) as given."""
+    if task == "single":
+        return [str(label) for label in labels]
+    if task == "multilabel":
+        return [[str(v) for v in label] if isinstance(label, (list, tuple)) else [str(label)] for label in labels]
+    return list(labels)
+
+
+def _split_indices(task: Task, targets: np.ndarray, cfg: RunConfig, source: str) -> tuple[list[int], list[int]]:
+    """A split stratified by the task's keys; where a multi-label or regression set cannot be stratified
+    (too many keys for the validation share), a plain seeded shuffle."""
+    try:
+        return stratified_split(task.split_keys(targets), cfg.val_fraction, cfg.seed)
+    except DataError as exc:
+        if task.name == "single":
+            raise DataError(f"{source}: {exc}") from None
+        try:
+            return stratified_split(["all"] * len(targets), cfg.val_fraction, cfg.seed)
+        except DataError as plain:
+            raise DataError(f"{source}: {plain}") from None
+
+
+def stratification_keys(cfg: RunConfig, labels: Sequence[Any]) -> tuple[TaskName, list[str], list[str]]:
+    """The task (``cfg.task``, or the one the labels make plain), one key per row that a stratified split or
+    K-fold keeps in proportion (the class, the rarest label, the value's bin), and the outputs' names."""
+    task_name = infer_task(list(labels))[0] if cfg.task == AUTO else cast(TaskName, cfg.task)
+    positional = cfg.label_names if isinstance(cfg.label_names, list) else None
+    given = _as_task_labels(task_name, named_labels(labels, positional, "data") if positional else labels)
+    names = output_names(task_name, given, cfg.labels or positional, cfg.label_col or "value")
+    reader = task_for_model(task_name, names)
+    return task_name, reader.split_keys(reader.targets(given, "data")), names
+
+
 @dataclass
 class TrainingSplit:
-    """The texts and label ids a fit trains and validates on (token ids set once the encoder exists), the
-    label names, and the training data's summary (source, rows, class counts) the model card shows."""
+    """The texts (and second texts of pairs) and targets a fit trains and validates on (token ids set once the
+    encoder exists), the task it trains with, and the training data's summary the model card shows."""
 
-    names: list[str]
+    task: Task  # with what it learned from the training rows (class weights, the targets' scale)
     train_texts: list[str]
-    train_y: list[int]
+    train_y: list[Target]
     val_texts: list[str]
-    val_y: list[int]
+    val_y: list[Target]
     summary: dict[str, Any]
     held_out: bool  # the validation texts are a split of the training data, not a file of their own
+    train_pairs: list[str] | None = None
+    val_pairs: list[str] | None = None
+    task_note: str | None = None  # why the task was chosen, when --task was left to auto
     train_ids: list[list[int]] = field(default_factory=list)
     val_ids: list[list[int]] = field(default_factory=list)
 
+    @property
+    def names(self) -> list[str]:
+        return self.task.names
+
     @classmethod
     def of(cls, cfg: RunConfig, texts: Sequence[str], labels: Sequence[Any], eval_texts: Sequence[str] | None,
-           eval_labels: Sequence[Any] | None, data_name: str, eval_name: str) -> TrainingSplit:
-        """Check the data, then validate on ``eval_*`` if given, else on a stratified ``val_fraction`` split."""
+           eval_labels: Sequence[Any] | None, data_name: str, eval_name: str, pairs: Sequence[str] | None = None,
+           eval_pairs: Sequence[str] | None = None) -> TrainingSplit:
+        """Check the data, choose the task, then validate on ``eval_*`` if given, else on a stratified
+        ``val_fraction`` split."""
         checked = _check_texts(texts, data_name)
-        str_labels = [str(label) for label in labels]
-        if len(str_labels) != len(checked):
-            raise DataError(f"{data_name}: {len(checked)} texts but {len(str_labels)} labels")
+        checked_pairs = _check_pairs(pairs, checked, data_name)
+        if len(labels) != len(checked):
+            raise DataError(f"{data_name}: {len(checked)} texts but {len(labels)} labels")
+        task_name, note = infer_task(list(labels)) if cfg.task == AUTO else (cast(TaskName, cfg.task), None)
+        positional = cfg.label_names if isinstance(cfg.label_names, list) else None
+        given = _as_task_labels(task_name, named_labels(labels, positional, data_name) if positional else labels)
         try:
-            label_set = LabelSet.from_labels(str_labels, order=cfg.labels)
+            names = output_names(task_name, given, cfg.labels or positional, cfg.label_col or "value")
         except DataError as exc:  # name the file: "only one class" alone does not say where
             raise DataError(f"{data_name}: {exc}") from None
-        encoded = label_set.encode(str_labels, source=data_name)
-        summary = data_summary(str_labels, data_name)
-        names = list(label_set.names)
+        reader = task_for_model(task_name, names)
+        targets = reader.targets(given, data_name)
+        summary = {"source": data_name, "rows": len(checked), **reader.summary(targets)}
+
+        def fitted(train: np.ndarray) -> Task:
+            return training_task(task_name, names, train, cfg.class_weight, cfg.label_smoothing, cfg.head_bias)
+
         if eval_texts is not None or eval_labels is not None:
             if eval_texts is None or eval_labels is None:
                 raise DataError("pass both eval_texts and eval_labels, or neither")
             val_texts = _check_texts(eval_texts, eval_name)
-            val_str = [str(label) for label in eval_labels]
-            if len(val_str) != len(val_texts):
-                raise DataError(f"{eval_name}: {len(val_texts)} texts but {len(val_str)} labels")
-            return cls(names, checked, encoded, val_texts, label_set.encode(val_str, source=eval_name), summary,
-                       held_out=False)
-        try:
-            train_idx, val_idx = stratified_split(str_labels, cfg.val_fraction, cfg.seed)
-        except DataError as exc:
-            raise DataError(f"{data_name}: {exc}") from None
-        return cls(names, [checked[i] for i in train_idx], [encoded[i] for i in train_idx],
-                   [checked[i] for i in val_idx], [encoded[i] for i in val_idx], summary, held_out=True)
+            val_pairs = _check_pairs(eval_pairs, val_texts, eval_name)
+            if (val_pairs is None) != (checked_pairs is None):
+                raise DataError(f"{eval_name}: give second texts for both the training and the validation data, "
+                                "or for neither")
+            if len(eval_labels) != len(val_texts):
+                raise DataError(f"{eval_name}: {len(val_texts)} texts but {len(eval_labels)} labels")
+            val_given = _as_task_labels(task_name, named_labels(eval_labels, positional, eval_name) if positional
+                                        else eval_labels)
+            val_targets = reader.targets(val_given, eval_name)
+            return cls(fitted(targets), checked, targets.tolist(), val_texts, val_targets.tolist(), summary,
+                       held_out=False, train_pairs=checked_pairs, val_pairs=val_pairs, task_note=note)
+        train_idx, val_idx = _split_indices(reader, targets, cfg, data_name)
+        def pick(rows: list[str] | None, idx: list[int]) -> list[str] | None:
+            return [rows[i] for i in idx] if rows is not None else None
+
+        return cls(fitted(targets[train_idx]), [checked[i] for i in train_idx], targets[train_idx].tolist(),
+                   [checked[i] for i in val_idx], targets[val_idx].tolist(), summary, held_out=True,
+                   train_pairs=pick(checked_pairs, train_idx), val_pairs=pick(checked_pairs, val_idx), task_note=note)
+
+
+def _resolved_task(cfg: RunConfig, task: TaskName) -> RunConfig:
+    """``cfg`` with ``task: auto`` replaced by the task the labels chose (checked again, as given)."""
+    return make_config({**cfg.model_dump(exclude_unset=True), "task": task,
+                        "from_recipe": cfg.from_recipe}, source="Classifier")
+
+
+def _class_ids(targets: list[Target]) -> list[int]:
+    """A single-label split's targets, which are class ids."""
+    return [int(cast(int, t)) for t in targets]
+
+
+def _joined(texts: list[str], pairs: list[str] | None) -> list[str]:
+    """Texts with their second texts, for the bag-of-words model (which reads a pair as one text)."""
+    return texts if pairs is None else [f"{a}\n{b}" for a, b in zip(texts, pairs, strict=True)]
 
 
 def resolve_precision(requested: str, pretrained: bool) -> Literal["fp32", "bf16"]:
@@ -189,8 +291,8 @@ def _load_parts(cfg: RunConfig, train_texts: list[str], quiet: bool) -> tuple[
         "pretrained", cfg.tokenizer
 
 
-def _spec(cfg: RunConfig, label_names: list[str], backbone: HFBackbone | None, info: dict[str, Any],
-          encoder: TextEncoder, tok_type: Literal["bpe", "pretrained"], tok_source: str | None,
+def _spec(cfg: RunConfig, task: TaskName, label_names: list[str], backbone: HFBackbone | None,
+          info: dict[str, Any], encoder: TextEncoder, tok_type: Literal["bpe", "pretrained"], tok_source: str | None,
           layer: int | None) -> ModelSpec:
     """The model folder's description of a new run's model."""
     backbone_spec: ScratchBackboneSpec | PretrainedBackboneSpec
@@ -208,7 +310,7 @@ def _spec(cfg: RunConfig, label_names: list[str], backbone: HFBackbone | None, i
         )
     return ModelSpec(
         backbone=backbone_spec, pooling=cfg.pooling, head_dropout=cfg.head_dropout, head_bias=cfg.head_bias,
-        labels=label_names, max_length=cfg.max_length, padding_side=cfg.padding_side, prompt=encoder.prompt,
+        task=task, labels=label_names, max_length=cfg.max_length, padding_side=cfg.padding_side, prompt=encoder.prompt,
         tokenizer=TokenizerSpec(type=tok_type, source=tok_source, vocab_size=encoder.vocab_size,
                                 pad_token_id=encoder.pad_token_id),
         precision=resolve_precision(cfg.precision, backbone is not None), mode=cfg.mode,
@@ -264,7 +366,8 @@ def _zero_shot(model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder,
         model.head.bias.copy_(content_free_bias(torch.from_numpy(logits)))
         runner.head.bias.copy_(model.head.bias)
     val_logits = predict_logits(runner, val_ids, encoder.pad_token_id, spec.padding_side)
-    return TrainResult(val_metrics=evaluate_logits(val_logits, val_y, spec.labels), val_logits=val_logits)
+    return TrainResult(val_metrics=SingleLabel(spec.labels).evaluate(val_logits, np.asarray(val_y)),
+                       val_logits=val_logits)
 
 
 class Classifier:
@@ -295,6 +398,7 @@ class Classifier:
         self.lower_blocks_cached: int | None = None  # top-N: frozen blocks run once, their output cached
         self.cache_note: str | None = None  # top-N: why the frozen blocks ran in every epoch instead
         self.token_lengths: list[int] | None = None  # per training-data text, before truncation (the report)
+        self.task_note: str | None = None  # why the task was chosen, when it was left to auto
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The settings chosen for this classifier, as ``RunConfig`` fields (scikit-learn's protocol, so
@@ -320,43 +424,67 @@ class Classifier:
         eval_name: str = "validation data",
         checkpoints: CheckpointSettings | None = None,
         resume: Checkpoint | None = None,
+        text_pairs: Sequence[str] | None = None,
+        eval_text_pairs: Sequence[str] | None = None,
     ) -> Classifier:
         """Train on ``texts``/``labels``; validate on ``eval_*`` or on a stratified split of the data.
 
-        ``checkpoints``: save training checkpoints there (steps, epoch ends, Ctrl-C; the disk is checked for
-        room first); ``resume``: continue from one (the same texts, labels and settings)."""
-        split = TrainingSplit.of(self.config, texts, labels, eval_texts, eval_labels, data_name, eval_name)
+        ``labels``: one label per text, lists of labels (multi-label) or numbers (regression), as ``task``
+        says (``auto``: as the labels make plain). ``text_pairs``: each text's second text, for tasks on
+        pairs. ``checkpoints``: save training checkpoints there (steps, epoch ends, Ctrl-C; the disk is
+        checked for room first); ``resume``: continue from one (the same texts, labels and settings)."""
+        split = TrainingSplit.of(self.config, texts, labels, eval_texts, eval_labels, data_name, eval_name,
+                                 text_pairs, eval_text_pairs)
         cfg = self.config
+        self.task_note = split.task_note
+        if cfg.task == AUTO:  # resolved here, like the epochs: config.yaml records what the run did
+            cfg = self.config = _resolved_task(cfg, split.task.name)
         if cfg.epochs == AUTO:  # resolved here, where the data size is known; config.yaml records the number
             epochs = auto_epochs(len(split.train_texts), len(split.names), cfg.batch_size)
             cfg = self.config = cfg.model_copy(update={"epochs": epochs})
-        fitted = (fit_baseline(split.train_texts, split.train_y, split.val_texts, split.val_y, split.names)
-                  if cfg.baseline else None)
-        self.baseline, self.bag_of_words = (None if fitted is None else fitted[1]), None
-        words = label_words(split.names, cfg.label_names)  # checked before a model loads
+        fitted = self._baseline(cfg, split)
+        words = label_words(split.names, cfg.label_names if isinstance(cfg.label_names, dict) else None)
         set_seed(cfg.seed)
         model, spec, encoder, layer_features = self._build(cfg, split, words, quiet)
-        trainer = Trainer(cfg, encoder.pad_token_id, split.names, quiet=quiet, precision=spec.precision,
+        trainer = Trainer(cfg, encoder.pad_token_id, split.task, quiet=quiet, precision=spec.precision,
                           checkpoints=checkpoints, resume=resume)
         self.result = self._train(cfg, trainer, model, spec, encoder, split, layer_features, quiet)
         if spec.lora is not None and cfg.merge:
             merge_lora(model)
             spec.lora.merged = True
         model.eval()
-        self._record(cfg, spec, split, None if fitted is None else fitted[0])
+        self._record(cfg, model, spec, split, fitted)
         self.model, self.spec, self.encoder = model, spec, encoder
         return self
+
+    def _baseline(self, cfg: RunConfig, split: TrainingSplit) -> BagOfWords | None:
+        """The bag-of-words baseline on the same split (``self.baseline``); its fitted model where the LM may
+        be fused with it (single-label)."""
+        self.baseline, self.bag_of_words = None, None
+        if not cfg.baseline:
+            return None
+        train, val = _joined(split.train_texts, split.train_pairs), _joined(split.val_texts, split.val_pairs)
+        if split.task.name != "single":
+            self.baseline = fit_task_baseline(split.task.name, train, np.asarray(split.train_y), val,
+                                              np.asarray(split.val_y), split.names)
+            return None
+        fitted = fit_baseline(train, _class_ids(split.train_y), val, _class_ids(split.val_y), split.names)
+        self.baseline = None if fitted is None else fitted[1]
+        return None if fitted is None else fitted[0]
 
     def _build(self, cfg: RunConfig, split: TrainingSplit, words: list[str], quiet: bool) -> tuple[
             SequenceClassifier, ModelSpec, TextEncoder, torch.Tensor | None]:
         """The model to train, its spec and encoder (the split's token ids set), and, for ``--layer auto``,
         every text's pooled vector at the chosen block."""
-        backbone, info, tokenizer, tok_type, tok_source = _load_parts(cfg, split.train_texts, quiet)
+        backbone, info, tokenizer, tok_type, tok_source = _load_parts(
+            cfg, split.train_texts + (split.train_pairs or []), quiet)
         prompt = auto_prompt(tokenizer, cfg.max_length) if cfg.prompt == AUTO else cfg.prompt
+        if split.train_pairs is not None:  # the pair template takes the text's place in the prompt
+            prompt = fill(prompt, cfg.pair_template)
         encoder = TextEncoder(tokenizer, cfg.max_length, prompt)
         with status(f"tokenizing {len(split.train_texts) + len(split.val_texts)} texts", quiet):
-            split.train_ids, train_lengths = encoder.encode_counted(split.train_texts)
-            split.val_ids, val_lengths = encoder.encode_counted(split.val_texts)
+            split.train_ids, train_lengths = encoder.encode_counted(split.train_texts, split.train_pairs)
+            split.val_ids, val_lengths = encoder.encode_counted(split.val_texts, split.val_pairs)
         # The training data's rows (the validation split is some of them), for the report's length summary.
         self.token_lengths = train_lengths + (val_lengths if split.held_out else [])
         layer = cfg.layer if isinstance(cfg.layer, int) else None
@@ -369,7 +497,7 @@ class Classifier:
             assert backbone is not None  # _load_parts refuses --layer for scratch models
             layer = middle_block(backbone) if layer is None else layer
             truncate_backbone(backbone, layer, keep_norm=cfg.final_norm)
-        spec = _spec(cfg, split.names, backbone, info, encoder, tok_type, tok_source, layer)
+        spec = _spec(cfg, split.task.name, split.names, backbone, info, encoder, tok_type, tok_source, layer)
         set_seed(cfg.seed)
         model = build_model(spec, backbone)
         if cfg.head_init == "labels" or cfg.mode == "zeroshot":
@@ -386,7 +514,9 @@ class Classifier:
         on cached hidden states (top-N where they fit), or the model on token ids."""
         train_ids, val_ids, n = split.train_ids, split.val_ids, len(split.train_ids)
         if cfg.mode == "zeroshot":
-            return _zero_shot(model, spec, encoder, val_ids, split.val_y)
+            if split.task.name != "single":
+                raise ConfigError(f"--mode zeroshot picks one label word; it does not do a {split.task.name} task")
+            return _zero_shot(model, spec, encoder, val_ids, _class_ids(split.val_y))
         if cfg.mode == "probe":
             feats = (layer_features if layer_features is not None  # the layer search already pooled them
                      else self._probe_features(cfg, model, spec, encoder, train_ids + val_ids, quiet))
@@ -403,22 +533,33 @@ class Classifier:
         return trainer.fit(UpperBlocks(model, start), HiddenStates(hidden[:n], split.train_y, train_ids),
                            HiddenStates(hidden[n:], split.val_y, val_ids))
 
-    def _record(self, cfg: RunConfig, spec: ModelSpec, split: TrainingSplit, bow: BagOfWords | None) -> None:
+    def _record(self, cfg: RunConfig, model: SequenceClassifier, spec: ModelSpec, split: TrainingSplit,
+                bow: BagOfWords | None) -> None:
         """Put the fit's outcome where it is saved: the spec's metrics (validation scores, baseline, fusion,
-        training data, calibration) and the resolved config; the validation logits for the report."""
+        training data, calibration), a multi-label model's thresholds, a regression's scale folded into its
+        head, and the resolved config; the validation logits for the report."""
         assert self.result is not None
-        spec.metrics = {"val_accuracy": self.result.val_metrics.get("accuracy"),
-                        "val_macro_f1": self.result.val_metrics.get("macro_f1"),
-                        "best_epoch": self.result.best_epoch}
+        task, result = split.task, self.result
+        spec.metrics = {**{f"val_{name}": result.val_metrics.get(name)
+                           for name in dict.fromkeys((*task.headline, task.main_metric))},
+                        "best_epoch": result.best_epoch}
         if self.baseline is not None:
             spec.metrics["baseline"] = self.baseline
-        if cfg.fuse_baseline and bow is not None and self.result.val_logits is not None:
-            self._fuse(cfg, bow, spec, split.val_texts, split.val_y, split.names)
-        self.validation = {"texts": split.val_texts, "labels": list(split.val_y), "logits": self.result.val_logits}
+        if cfg.fuse_baseline and bow is not None and result.val_logits is not None:
+            self._fuse(cfg, bow, spec, _joined(split.val_texts, split.val_pairs), _class_ids(split.val_y),
+                       split.names)
+        if isinstance(task, Regression) and result.val_logits is not None:  # outputs in the targets' units
+            task.fold_into(model.head)
+            result.val_logits = task.values(result.val_logits).reshape(-1, 1).astype(np.float32)
+            spec.metrics["target_scale"] = {"mean": task.mean, "std": task.std}
+        if task.name == "multilabel":
+            spec.thresholds = [float(t) for t in result.val_metrics["thresholds"]]
+        self.validation = {"texts": split.val_texts, "pairs": split.val_pairs, "labels": list(split.val_y),
+                           "logits": result.val_logits}
         spec.metrics["val_n"] = len(split.val_y)
         spec.metrics["training_data"] = split.summary
-        if cfg.calibrate and self.result.val_logits is not None:
-            spec.temperature, spec.metrics["calibration"] = calibrate(self.result.val_logits, split.val_y)
+        if cfg.calibrate and task.name == "single" and result.val_logits is not None:
+            spec.temperature, spec.metrics["calibration"] = calibrate(result.val_logits, _class_ids(split.val_y))
         spec.config = cfg.model_dump(mode="json")
 
     def _fuse(self, cfg: RunConfig, bow: BagOfWords, spec: ModelSpec, val_texts: list[str], val_y: list[int],
@@ -437,7 +578,7 @@ class Classifier:
             return
         alone_temperature = choice.lm_temperature if cfg.calibrate else 1.0
         fused = fuse(self.result.val_logits, scores, choice.weight)
-        self.result.val_logits, self.result.val_metrics = fused, evaluate_logits(fused, val_y, names)
+        self.result.val_logits, self.result.val_metrics = fused, SingleLabel(names).evaluate(fused, np.asarray(val_y))
         spec.metrics["val_accuracy"] = self.result.val_metrics.get("accuracy")
         spec.metrics["val_macro_f1"] = self.result.val_metrics.get("macro_f1")
         spec.fusion = FusionSpec(share=choice.share, weight=choice.weight, description=bow.description,
@@ -445,7 +586,7 @@ class Classifier:
         self.bag_of_words = bow
 
     def _choose_layer(self, cfg: RunConfig, backbone: HFBackbone, info: dict[str, Any], encoder: TextEncoder,
-                      train_ids: list[list[int]], val_ids: list[list[int]], train_y: list[int],
+                      train_ids: list[list[int]], val_ids: list[list[int]], train_y: list[Target],
                       quiet: bool) -> tuple[int | None, torch.Tensor]:
         """``--layer auto``: score every block on the training split, truncate the backbone after the best
         one; returns the layer (None: all blocks, the final norm kept) and every text's pooled vector there."""
@@ -457,7 +598,8 @@ class Classifier:
             lambda ids: pooled_every_layer(backbone, cfg.pooling, ids, encoder.pad_token_id, cfg.padding_side,
                                            precision, quiet=quiet))
         with status("scoring a linear probe after every layer", quiet):
-            self.layer_scores = score_layers(every[: len(train_ids)], train_y, seed=cfg.seed)
+            self.layer_scores = score_layers(every[: len(train_ids)], train_y, seed=cfg.seed,
+                                             classes=cfg.task == "single")
         chosen = best_layer(self.layer_scores)
         self.chosen_layer = chosen
         features = every[:, chosen - 1].contiguous()
@@ -540,15 +682,24 @@ class Classifier:
     def labels(self) -> list[str]:
         return list(self._require_fitted()[1].labels)
 
-    def logits(self, texts: Sequence[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
-        """Logits [N, C] before the temperature: the language model's, plus the bag-of-words margins at the
-        fusion weight where the model has them. ``token_ids``: the texts already encoded by this model's
-        encoder (the server tokenizes each request once)."""
-        lm = self.language_model_logits(texts, token_ids)
+    @property
+    def task(self) -> Task:
+        """What this model predicts (one label, a set of labels or a number), with its calibration and
+        thresholds."""
+        return self._require_fitted()[1].task_object()
+
+    def logits(self, texts: Sequence[str], token_ids: list[list[int]] | None = None,
+               text_pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Logits [N, outputs] before the temperature: the language model's, plus the bag-of-words margins at
+        the fusion weight where the model has them (a regression's one output is the value itself).
+        ``token_ids``: the texts already encoded by this model's encoder (the server tokenizes each request
+        once); ``text_pairs``: the second texts, for a model of text pairs."""
+        lm = self.language_model_logits(texts, token_ids, text_pairs)
         fusion = self.spec.fusion if self.spec is not None else None
         if fusion is None or self.bag_of_words is None or not len(lm):
             return lm
-        return fuse(lm, self.bag_of_words.scores(texts), fusion.weight)
+        return fuse(lm, self.bag_of_words.scores(_joined(list(texts), None if text_pairs is None
+                                                          else list(text_pairs))), fusion.weight)
 
     def language_model_only(self) -> Classifier:
         """This classifier without its bag-of-words part (what an export computes): the same modules, the
@@ -558,13 +709,15 @@ class Classifier:
         alone.model, alone.spec, alone.encoder = model, language_model_spec(spec), encoder
         return alone
 
-    def language_model_logits(self, texts: Sequence[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
+    def language_model_logits(self, texts: Sequence[str], token_ids: list[list[int]] | None = None,
+                              text_pairs: Sequence[str] | None = None) -> np.ndarray:
         """The language model's logits alone (what an exported model computes)."""
         model, spec, encoder = self._require_fitted()
         checked = _check_texts(texts, "input")
+        pairs = _check_pairs(text_pairs, checked, "input")
         if token_ids is not None and len(token_ids) != len(checked):
             raise ValueError(f"{len(token_ids)} rows of token ids for {len(checked)} texts")
-        ids = encoder.encode(checked) if token_ids is None else token_ids
+        ids = encoder.encode(checked, pairs) if token_ids is None else token_ids
         if not ids:
             return np.zeros((0, len(spec.labels)), dtype=np.float32)
         return predict_logits(self._runner(), ids, encoder.pad_token_id, spec.padding_side)
@@ -579,24 +732,29 @@ class Classifier:
             self._bf16_runner = (model, inference_module(model, spec.precision))
         return self._bf16_runner[1]
 
-    def predict_proba(self, texts: Sequence[str], token_ids: list[list[int]] | None = None) -> np.ndarray:
-        """Class probabilities [N, C], columns in ``self.labels`` order (``token_ids``: as in ``logits``)."""
-        _, spec, _ = self._require_fitted()
-        return softmax(self.logits(texts, token_ids), spec.temperature)
+    def predict_proba(self, texts: Sequence[str], token_ids: list[list[int]] | None = None,
+                      text_pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Probabilities [N, outputs], columns in ``self.labels`` order: a softmax over the classes at the
+        fitted temperature, or (multi-label) each label's own sigmoid. A regression has none (TypeError).
+        ``token_ids``, ``text_pairs``: as in ``logits``."""
+        return self.task.probabilities(self.logits(texts, token_ids, text_pairs))
 
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        """The most probable label name per text."""
-        probabilities = self.predict_proba(texts)
-        return [self.labels[i] for i in probabilities.argmax(axis=-1).tolist()]
+    def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[Any]:
+        """Per text: the most probable label name; (multi-label) the list of labels over their thresholds;
+        (regression) the value."""
+        return self.task.outputs(self.logits(texts, text_pairs=text_pairs))
 
-    def evaluate(self, texts: Sequence[str], labels: Sequence[Any], source: str = "evaluation data") -> dict[str, Any]:
-        """Accuracy, macro-F1, per-class scores, confusion matrix and log loss on labelled texts."""
-        _, spec, _ = self._require_fitted()
-        label_set = LabelSet(tuple(spec.labels))
-        y_true = label_set.encode([str(label) for label in labels], source=source)
-        probabilities = self.predict_proba(texts)
-        y_pred = probabilities.argmax(axis=-1).tolist()
-        return classification_metrics(y_true, y_pred, spec.labels, probabilities)
+    def evaluate(self, texts: Sequence[str], labels: Sequence[Any], source: str = "evaluation data",
+                 text_pairs: Sequence[str] | None = None) -> dict[str, Any]:
+        """The task's scores on labelled texts: accuracy, macro-F1, per-class scores, confusion matrix and log
+        loss; (multi-label) micro/macro/weighted F1, subset accuracy, Hamming loss, per-label scores, mean
+        average precision; (regression) RMSE, MAE, Pearson, Spearman, R²."""
+        task = self.task
+        names = self.config.label_names if isinstance(self.config.label_names, list) else None
+        given = _as_task_labels(task.name, named_labels(labels, names, source) if names else labels)
+        if len(given) != len(texts):
+            raise DataError(f"{source}: {len(texts)} texts but {len(given)} labels")
+        return task.evaluate(self.logits(texts, text_pairs=text_pairs), task.targets(given, source))
 
     # ------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:

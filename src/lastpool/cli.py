@@ -27,7 +27,7 @@ from lastpool.errors import ConfigError, LastpoolError, TrainingStopped
 if TYPE_CHECKING:
     from lastpool.classifier import Classifier
     from lastpool.config import RunConfig
-    from lastpool.data.tables import Table
+    from lastpool.data.tables import Table, TableLayout
     from lastpool.training.checkpoint import Checkpoint
 
 app = typer.Typer(
@@ -146,7 +146,6 @@ def _with_train_options(func: Any) -> Any:
 def train(**options: Any) -> None:
     """Train a classifier and write a run directory (model/, config.yaml, history.jsonl, metrics.json)."""
     from lastpool.classifier import Classifier
-    from lastpool.data.labels import data_summary
     from lastpool.data.tables import read_table
     from lastpool.distributed import finish, launch_processes, process_rank, under_launcher
     from lastpool.runs import write_run
@@ -158,22 +157,23 @@ def train(**options: Any) -> None:
         raise typer.Exit(launch_processes(cfg.num_processes, _ARGV + ([] if cfg.out else ["--out", str(run_dir)])))
     table = _training_table(cfg)
     assert table.labels is not None
-    eval_texts = eval_labels = None
-    if cfg.eval_data is not None:
-        eval_table = read_table(cfg.eval_data, text_col=cfg.text_col, label_col=cfg.label_col)
-        eval_texts, eval_labels = eval_table.texts, eval_table.labels
+    eval_table = read_table(cfg.eval_data, layout=table_layout(cfg)) if cfg.eval_data is not None else None
 
     settings = (CheckpointSettings(run_dir / "checkpoints", every=cfg.save_every, keep=cfg.keep_checkpoints)
                 if cfg.keep_checkpoints > 0 else None)
     clf = Classifier(cfg).fit(
-        table.texts, table.labels, eval_texts=eval_texts, eval_labels=eval_labels, quiet=options["quiet"],
+        table.texts, table.labels, eval_texts=eval_table.texts if eval_table else None,
+        eval_labels=eval_table.labels if eval_table else None, quiet=options["quiet"],
         data_name=f"training data {table.source}",
         eval_name=f"validation data {cfg.eval_data}" if cfg.eval_data else "validation split",
-        checkpoints=settings, resume=checkpoint,
+        checkpoints=settings, resume=checkpoint, text_pairs=table.pairs,
+        eval_text_pairs=eval_table.pairs if eval_table else None,
     )
+    if clf.task_note is not None and process_rank() == 0 and not options["quiet"]:
+        err.print(f"task: {clf.config.task} ({clf.task_note}; --task sets it)")
     if process_rank() == 0:  # only the main process writes the run directory
         # The finished run replaces its checkpoints: the model folder is the result.
-        write_run(clf, run_dir, clf.config, data_summary(table.labels, table.source),
+        write_run(clf, run_dir, clf.config, {**clf.data_info, "source": table.source},
                   replace=(run_dir / "checkpoints").exists())
     finish()
     if process_rank() == 0:
@@ -208,6 +208,17 @@ def _report_run(clf: Classifier, cfg: RunConfig, run_dir: Path, quiet: bool) -> 
     val = clf.result.val_metrics
     kept = f"best epoch {clf.result.best_epoch}" if clf.result.history else "no training"
     beside = ""
+    task = clf.task
+    if task.name != "single":
+        from lastpool.evaluation.metrics import metric_title
+
+        scores = ", ".join(f"{metric_title(name)} {val[name]:.4f}" for name in task.headline)
+        if clf.baseline is not None:
+            beside = "; bag-of-words baseline " + ", ".join(
+                f"{metric_title(name)} {clf.baseline[name]:.4f}" for name in task.headline if name in clf.baseline)
+        summary = f"run saved to {run_dir}  ({kept}: validation {scores}{beside})"
+        (print if quiet else err.print)(summary)
+        return
     if clf.baseline is not None:
         points = round(100 * (val["accuracy"] - clf.baseline["accuracy"]), 2) + 0.0
         beside = f"; bag-of-words baseline {clf.baseline['accuracy']:.4f}, {points:+.2f} points"
@@ -253,6 +264,7 @@ CV = "Cross-validation"
 def _resampling_setup(command: str, cfg: RunConfig, folds: int, seeds: int) -> tuple[Path, Table, list[int], int]:
     """What cv and compare check and load before training: the output folder, the data, the seeds and
     how many models one setting trains."""
+    from lastpool.classifier import stratification_keys
     from lastpool.crossval import fold_plan
     from lastpool.runs import check_output_dir, default_run_dir
 
@@ -265,8 +277,8 @@ def _resampling_setup(command: str, cfg: RunConfig, folds: int, seeds: int) -> t
     table = _training_table(cfg)
     assert table.labels is not None
     seed_list = [cfg.seed + i for i in range(seeds)]
-    return out_dir, table, seed_list, len(fold_plan([str(x) for x in table.labels], folds, seed_list,
-                                                     cfg.val_fraction))
+    task, keys, _ = stratification_keys(cfg, table.labels)
+    return out_dir, table, seed_list, len(fold_plan(keys, folds, seed_list, cfg.val_fraction, strict=task == "single"))
 
 
 @app.command("cv")
@@ -286,7 +298,7 @@ def cross_validation(
     with _runs_progress(total, bool(options.get("quiet"))) as progress:
         task = progress.add_task("cross-validation", total=total)
         result = cross_validate(cfg, table.texts, table.labels, folds, seed_list,
-                                on_run=lambda run: progress.advance(task))
+                                on_run=lambda run: progress.advance(task), text_pairs=table.pairs)
     _save_resampling(out_dir, "cv.json", result, cfg, f"Cross-validation: {table.source}", cv_markdown, cv_html)
     out.print(_interval_table(f"{len(result['runs'])} models ({folds} folds x {seeds} seeds)", "metric",
                               list(result["summary"].items())))
@@ -299,7 +311,7 @@ COMPARE_AXES = ("pooling", "mode", "model")
 @app.command("compare")
 @_with_train_options
 def compare_settings(
-    metric: Annotated[str, typer.Option(help="metric that ranks the settings: accuracy, macro_f1, weighted_f1, log_loss, ece", rich_help_panel=CV)] = "accuracy",  # noqa: E501
+    metric: Annotated[str | None, typer.Option(help="metric that ranks the settings: accuracy, macro_f1, weighted_f1, log_loss, ece (multi-label: micro_f1, ...; regression: pearson, rmse, ...)", show_default="the task's main score: macro_f1, pearson; accuracy for single-label", rich_help_panel=CV)] = None,  # noqa: E501
     folds: Annotated[int, typer.Option(help="stratified K-fold; 1 = one stratified hold-out split per seed", rich_help_panel=CV)] = 5,  # noqa: E501
     seeds: Annotated[int, typer.Option(help="repeat with N seeds (--seed, --seed+1, ...)", rich_help_panel=CV)] = 1,
     **options: Any,
@@ -310,7 +322,7 @@ def compare_settings(
     from lastpool.crossval import SUMMARY_METRICS, compare, settings_grid
     from lastpool.evaluation.crossval_report import compare_html, compare_markdown, verdict_text
 
-    if metric not in SUMMARY_METRICS:
+    if metric is not None and metric not in SUMMARY_METRICS:
         raise ConfigError(f"--metric must be one of {', '.join(SUMMARY_METRICS)} (got {metric!r})")
     axes: dict[str, list[Any]] = {}
     for name in COMPARE_AXES:
@@ -331,8 +343,13 @@ def compare_settings(
     total = per_setting * len(settings_grid(axes))
     with _runs_progress(total, bool(options.get("quiet"))) as progress:
         task = progress.add_task("compare", total=total)
+        if metric is None:
+            from lastpool.classifier import stratification_keys
+            from lastpool.crossval import DEFAULT_METRIC
+
+            metric = DEFAULT_METRIC[stratification_keys(cfg, table.labels)[0]]
         result = compare(cfg, table.texts, table.labels, axes, folds, seed_list, metric=metric,
-                         on_run=lambda name, run: progress.advance(task))
+                         on_run=lambda name, run: progress.advance(task), text_pairs=table.pairs)
     _save_resampling(out_dir, "compare.json", result, cfg, f"Comparison on {table.source}", compare_markdown,
                      compare_html)
     winner = result["verdict"].get("winner")
@@ -375,8 +392,11 @@ def _run_config(params: dict[str, Any], base: dict[str, Any] | None = None) -> R
     flags = {name: value for name, value in params.items() if name in RunConfig.model_fields}
     out_dir = params.get("out")
     names = params.get("label_names")
+    columns = params.get("label_cols")
     overrides: dict[str, Any] = {**flags, "labels": _labels_list(params.get("labels")),
                                  "label_names": parse_label_names(names) if names is not None else None,
+                                 "label_cols": ([c.strip() for c in columns.split(",") if c.strip()] or None)
+                                 if columns is not None else None,
                                  "out": str(out_dir) if out_dir is not None else None}
     config_file = params.get("config")
     cfg = resolve_config(str(config_file) if config_file is not None else None, overrides, base=base)
@@ -392,9 +412,31 @@ def _training_table(cfg: RunConfig) -> Table:
         table = load_demo()
         err.print("notice: no --data given; training on the built-in demo set (financial news sentiment)")
     else:
-        table = read_table(cfg.data, text_col=cfg.text_col, label_col=cfg.label_col)
+        table = read_table(cfg.data, layout=table_layout(cfg))
     assert table.labels is not None
     return table
+
+
+SEPARATORS = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+def table_layout(cfg: RunConfig, **overrides: Any) -> TableLayout:
+    """How the run's data files hold their columns (the settings a model folder also keeps, so eval and
+    predict read files the way training did); ``overrides``: the command's own flags that were given."""
+    from lastpool.data.tables import TableLayout
+
+    values: dict[str, Any] = {"text_col": cfg.text_col, "label_col": cfg.label_col, "pair_col": cfg.text_pair_col,
+              "label_cols": tuple(cfg.label_cols) if cfg.label_cols else None, "label_sep": cfg.label_sep,
+              "sep": cfg.sep, "header": cfg.header, "quoting": cfg.quoting,
+              "numeric_labels": cfg.task == "regression"}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    sep: str | None = values["sep"]
+    if sep is not None:
+        sep = SEPARATORS.get(sep.lower(), sep)
+        if len(sep) != 1:
+            raise ConfigError(f"--sep must be one character, or tab/comma/semicolon/pipe (got {values['sep']!r})")
+        values["sep"] = sep
+    return TableLayout(**values)
 
 
 def _silence_library_progress() -> None:
@@ -418,29 +460,74 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> RichTable:
     return table
 
 
+def _multilabel_table(metrics: dict[str, Any], title: str) -> RichTable:
+    table = RichTable(title=title)
+    for column in ("label", "precision", "recall", "f1", "support", "threshold"):
+        table.add_column(column, justify="right" if column != "label" else "left")
+    for name, row in metrics["per_label"].items():
+        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]),
+                      f"{row['threshold']:.3f}")
+    table.add_section()
+    for name in ("micro_f1", "macro_f1", "weighted_f1"):
+        table.add_row(name.replace("_f1", " avg"), "", "", f"{metrics[name]:.4f}", str(metrics["n"]), "")
+    return table
+
+
+def _scores_table(metrics: dict[str, Any], names: tuple[str, ...], title: str) -> RichTable:
+    table = RichTable(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in names:
+        if name in metrics:
+            table.add_row(name, f"{metrics[name]:.4f}")
+    return table
+
+
+MULTILABEL_SCORES = ("subset_accuracy", "hamming_loss", "mean_average_precision", "log_loss")
+REGRESSION_SCORES = ("rmse", "mae", "pearson", "spearman", "r2")
+
+
 @app.command("eval")
 def evaluate(
     model: Annotated[str, typer.Argument(help="run directory or model folder")],
-    data: Annotated[str, typer.Option(help="labelled data file")],
+    data: Annotated[str, typer.Option(help="labelled data file (read as the training data was, unless the flags "
+                                      "below say otherwise)")],
     text_col: Annotated[str | None, typer.Option(help="text column (auto-detected)")] = None,
+    text_pair_col: Annotated[str | None, typer.Option(help="second text column (pairs)")] = None,
     label_col: Annotated[str | None, typer.Option(help="label column (auto-detected)")] = None,
+    label_sep: Annotated[str | None, typer.Option(help="multi-label: separator in the label column")] = None,
+    header: Annotated[bool | None, typer.Option("--header/--no-header", help="the first row names the columns")] = None,
+    sep: Annotated[str | None, typer.Option(help="field separator (tab, ',', ...)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
     language_model_only: Annotated[bool, typer.Option("--language-model-only", help="score the language model without the bag-of-words part it was fused with (what an export computes)")] = False,  # noqa: E501
 ) -> None:
-    """Evaluate a trained model on a labelled file: accuracy, F1, per-class scores, confusion matrix."""
+    """Evaluate a trained model on a labelled file: the task's scores (accuracy, F1, per-class scores, confusion
+    matrix; multi-label: per-label scores, subset accuracy, Hamming loss; regression: RMSE, Pearson, ...)."""
     from lastpool.classifier import Classifier
     from lastpool.data.tables import read_table
 
     clf = Classifier.load(model)
     if language_model_only:
         clf = clf.language_model_only()
-    table = read_table(data, text_col=text_col, label_col=label_col)
+    layout = table_layout(clf.config, text_col=text_col, pair_col=text_pair_col, label_col=label_col,
+                          label_sep=label_sep, header=header, sep=sep)
+    table = read_table(data, layout=layout)
     assert table.labels is not None
-    metrics = clf.evaluate(table.texts, table.labels, source=f"evaluation data {table.source}")
+    metrics = clf.evaluate(table.texts, table.labels, source=f"evaluation data {table.source}",
+                           text_pairs=table.pairs)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
-    out.print(_metrics_table(metrics, f"{data} ({metrics['n']} texts)"))
+    title = f"{data} ({metrics['n']} texts)"
+    task = clf.task.name
+    if task == "regression":
+        out.print(_scores_table(metrics, REGRESSION_SCORES, title))
+        return
+    if task == "multilabel":
+        out.print(_multilabel_table(metrics, title))
+        out.print(_scores_table(metrics, MULTILABEL_SCORES, "multi-label scores"))
+        return
+    out.print(_metrics_table(metrics, title))
     cm = RichTable(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("")
     for name in metrics["labels"]:
@@ -452,12 +539,29 @@ def evaluate(
         out.print(f"log loss {metrics['log_loss']:.4f}   expected calibration error {metrics['ece']:.4f}")
 
 
-def _prediction_rows(texts: list[str], labels: list[str], probabilities: Any) -> list[dict[str, Any]]:
+def _prediction_rows(clf: Any, texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
+    """One record per text: the text (and its second text), the prediction and, for a classifier, each
+    label's probability."""
+    task = clf.task.name  # a Classifier, or an ONNX file's OnnxClassifier
+    logits = clf.logits(texts, text_pairs=pairs)
+    predictions = clf.task.outputs(logits)
+    probabilities = clf.task.probabilities(logits) if task != "regression" else None
     rows = []
-    for text, row in zip(texts, probabilities.tolist(), strict=True):
-        best = max(range(len(labels)), key=lambda i: row[i])
-        record: dict[str, Any] = {"text": text, "label": labels[best]}
-        record.update({f"prob_{name}": round(float(p), 6) for name, p in zip(labels, row, strict=True)})
+    for i, text in enumerate(texts):
+        record: dict[str, Any] = {"text": text}
+        if pairs is not None:
+            record["text_pair"] = pairs[i]
+        if task == "regression":
+            record["value"] = round(float(predictions[i]), 6)
+            rows.append(record)
+            continue
+        assert probabilities is not None
+        row = probabilities[i].tolist()
+        if task == "multilabel":
+            record["labels"] = predictions[i]
+        else:
+            record["label"] = clf.labels[max(range(len(row)), key=lambda k: row[k])]
+        record.update({f"prob_{name}": round(float(p), 6) for name, p in zip(clf.labels, row, strict=True)})
         rows.append(record)
     return rows
 
@@ -473,7 +577,8 @@ def _write_predictions(rows: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["text", "label"],
                                 delimiter="\t" if suffix == ".tsv" else ",")
         writer.writeheader()
-        writer.writerows(rows)
+        # a multi-label prediction's list is one cell: its labels joined by "|" (names may hold commas)
+        writer.writerows({k: "|".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
         text = buffer.getvalue()
     else:
         raise ConfigError(f"--output {path}: unsupported format {suffix or '(none)'}; use .csv, .tsv or .jsonl")
@@ -487,9 +592,15 @@ def predict(
     input: Annotated[str | None, typer.Option("--input", "-i", help="file of texts (csv, tsv, jsonl, parquet, txt)")] = None,  # noqa: A002, E501
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write predictions to .csv, .tsv or .jsonl")] = None,  # noqa: E501
     text_col: Annotated[str | None, typer.Option(help="text column of --input (auto-detected)")] = None,
+    text_pair_col: Annotated[str | None, typer.Option(help="second text column of --input (a model of pairs)")] = None,
+    header: Annotated[bool | None, typer.Option("--header/--no-header", help="the first row of --input names the columns")] = None,  # noqa: E501
+    sep: Annotated[str | None, typer.Option(help="field separator of --input (tab, ',', ...)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines instead of a table")] = False,
 ) -> None:
-    """Classify texts given as arguments or in a file; print them or write a .csv/.jsonl with probabilities."""
+    """Classify texts given as arguments or in a file; print them or write a .csv/.jsonl with probabilities
+    (multi-label: the labels over their thresholds; regression: the value)."""
+    from dataclasses import replace
+
     from lastpool.classifier import Classifier
     from lastpool.data.tables import read_table
 
@@ -509,8 +620,17 @@ def predict(
         clf: Any = OnnxClassifier(Path(model))
     else:
         clf = Classifier.load(model)
-    items = list(texts) if texts else read_table(input or "", text_col=text_col, require_labels=False).texts
-    rows = _prediction_rows(items, clf.labels, clf.predict_proba(items))
+    pairs: list[str] | None = None
+    if texts:
+        items = list(texts)
+    else:
+        config = clf.config if isinstance(clf, Classifier) else _saved_config(clf.spec.config)
+        layout = table_layout(config, text_col=text_col, pair_col=text_pair_col, header=header, sep=sep)
+        # prediction input need not carry labels: columns that are not the texts are left alone
+        table = read_table(input or "", layout=replace(layout, label_col=None, label_cols=None, label_sep=None,
+                                                        numeric_labels=False), require_labels=False)
+        items, pairs = table.texts, table.pairs
+    rows = _prediction_rows(clf, items, pairs)
     if output is not None:
         _write_predictions(rows, output)
         err.print(f"wrote {len(rows)} predictions to {output}")
@@ -518,14 +638,35 @@ def predict(
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
     else:
-        table = RichTable()
-        table.add_column("label")
-        for name in clf.labels:
-            table.add_column(f"p({name})", justify="right")
-        table.add_column("text", overflow="fold")
-        for row in rows:
-            table.add_row(row["label"], *(f"{row[f'prob_{n}']:.3f}" for n in clf.labels), row["text"])
-        out.print(table)
+        out.print(_predictions_table(rows, clf.labels))
+
+
+def _saved_config(values: dict[str, Any] | None) -> RunConfig:
+    """The training settings an ONNX file carries (how its data files were laid out), else the defaults."""
+    from pydantic import ValidationError
+
+    from lastpool.config import RunConfig
+
+    try:
+        return RunConfig.model_validate(values or {})
+    except ValidationError:
+        return RunConfig()
+
+
+def _predictions_table(rows: list[dict[str, Any]], labels: list[str]) -> RichTable:
+    table = RichTable()
+    first = "value" if rows and "value" in rows[0] else "labels" if rows and "labels" in rows[0] else "label"
+    table.add_column(first)
+    shown = [] if first == "value" else labels
+    for name in shown:
+        table.add_column(f"p({name})", justify="right")
+    table.add_column("text", overflow="fold")
+    for row in rows:
+        value = row[first]
+        cell = f"{value:.4f}" if first == "value" else ", ".join(value) if first == "labels" else value
+        text = row["text"] + (f" | {row['text_pair']}" if "text_pair" in row else "")
+        table.add_row(cell, *(f"{row[f'prob_{n}']:.3f}" for n in shown), text)
+    return table
 
 
 @app.command("export")

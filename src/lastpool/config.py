@@ -26,6 +26,7 @@ from lastpool.errors import ConfigError
 from lastpool.recipes import RECIPE_FIELDS, default_mode, recipe
 
 AUTO = "auto"
+DEFAULT_PAIR_TEMPLATE = "{text}\n{text_pair}"
 MIDDLE = "middle"  # --layer middle: the block at half the depth
 PoolingName = Literal["last", "mean", "max", "first"]  # models/pooling.py implements each
 # The dtype a model's weights run in: "bf16" is bf16 weights (in training, with float32 master copies).
@@ -72,14 +73,45 @@ class RunConfig(BaseModel):
                                  json_schema_extra=flag(DATA))
     label_col: str | None = Field(default=None, description="label column (auto-detected: label, ...)",
                                   json_schema_extra=flag(DATA))
+    text_pair_col: str | None = Field(
+        default=None, description="the second text of a pair (paraphrase, similarity, entailment)",
+        json_schema_extra=flag(DATA, doc="the column of each row's second text, for tasks on text pairs (paraphrase, "
+                               "similarity, entailment); the two are joined by `--pair-template`"))
+    task: Literal["auto", "single", "multilabel", "regression"] = Field(
+        default="auto", description="single (one label per text), multilabel (any number) or regression (a number)",
+        json_schema_extra=flag(DATA, shown="auto: single, or what the labels make unambiguous",
+                               doc="`single` (one label per text), `multilabel` (any number of labels per text: "
+                               "a sigmoid per label, per-label thresholds chosen on the validation split) or "
+                               "`regression` (a number per text: mean squared error on standardised targets). "
+                               "`auto`: multilabel with `--label-sep`/`--label-cols` or list-valued labels, "
+                               "regression when every label is a number with decimals, else single; the CLI "
+                               "says which"))
+    label_sep: str | None = Field(
+        default=None, description="multi-label: the separator of the labels in one label cell, e.g. ','",
+        json_schema_extra=flag(DATA, metavar="SEP"))
+    label_cols: list[str] | None = Field(
+        default=None, description="multi-label: 0/1 columns, one per label, comma separated",
+        json_schema_extra=flag(DATA, metavar="a,b,c"))
     labels: list[str] | None = Field(default=None, description="label order, comma separated (default: sorted)",
                                      json_schema_extra=flag(DATA, metavar="a,b,c"))
-    label_names: dict[str, str] | None = Field(
-        default=None, description="words for labels that are codes: 0=negative,1=positive, or a file of label=words "
-        "lines (default: the label names, camelCase and -/_ split)",
-        json_schema_extra=flag(DATA, doc="words for labels that are codes, for label-word heads, zero-shot: "
-                               "`0=negative,1=positive` or a file of `label=words` lines; otherwise a label is read "
-                               'as words (`PlayMusic` is "play music")'))
+    label_names: dict[str, str] | list[str] | None = Field(
+        default=None, description="names for labels that are codes: a file of one name per line (label ids 0, 1, "
+        "... by line), or words the LM reads: 0=negative,1=positive or a file of label=words lines",
+        json_schema_extra=flag(DATA, doc="names for labels that are codes. A file of one name per line names the "
+                               "label ids 0, 1, 2, ... (as GoEmotions' `labels.txt`): the model's labels become the "
+                               "names, in the file's order, and a label id with no name is an error. "
+                               "`0=negative,1=positive` or a file of `label=words` lines gives the words a "
+                               "label-word head or zero-shot reads for labels that stay codes; otherwise a label "
+                               'is read as words (`PlayMusic` is "play music")'))
+    header: bool = Field(
+        default=True, description="the file's first row names its columns; --no-header: columns are named by "
+        "position (--text-col 1), and rows may differ in length", json_schema_extra=flag(DATA))
+    sep: str | None = Field(
+        default=None, description="the field separator of a delimited file (tab, ',', ';', '|')",
+        json_schema_extra=flag(DATA, shown="by extension: tab for .tsv, else ','", metavar="SEP"))
+    quoting: Literal["auto", "csv", "none"] = Field(
+        default="auto", description="csv (quoted fields) or none (quotes are literal); auto: csv, except a "
+        "tab-separated file whose quotes cannot be CSV quoting", json_schema_extra=flag(DATA))
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0, description="stratified validation share",
                                 json_schema_extra=flag(DATA))
 
@@ -104,6 +136,14 @@ class RunConfig(BaseModel):
                                "`$'{text}\\nSentiment:'`; saved with the model and applied at prediction; a long text "
                                "is cut, never the prompt. `auto`: `$'{text}\\nThis text is about'` (the bare text "
                                "when that would take over half of `--max-length`)"))
+    pair_template: str = Field(
+        default=DEFAULT_PAIR_TEMPLATE, description="text pairs: how the two texts are joined, with {text} and "
+        "{text_pair} once each (it takes the place of {text} in --prompt)",
+        json_schema_extra=flag(TOKENIZER, shown="$'{text}\\n{text_pair}'",
+                               doc="with `--text-pair-col`: how the two texts of a pair are joined, holding "
+                               "`{text}` and `{text_pair}` once each; it takes the place of `{text}` in `--prompt`. "
+                               "The default puts each on its own line, so the decoder reads where one ends. A pair "
+                               "too long for `--max-length` is cut in the longer text, never in the template"))
 
     # model
     model: str = Field(
@@ -227,7 +267,14 @@ class RunConfig(BaseModel):
     grad_accum: int = Field(default=1, ge=1, description="gradient accumulation steps",
                             json_schema_extra=flag(OPTIMISATION))
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0, description="cross-entropy label smoothing",
-                                   json_schema_extra=flag(OPTIMISATION))
+                                   json_schema_extra=flag(OPTIMISATION, doc="cross-entropy label smoothing "
+                                                          "(single-label)"))
+    class_weight: Literal["none", "balanced"] = Field(
+        default="none", description="balanced: weigh each class (single-label) or each label's positives "
+        "(multi-label) against its frequency in the training split",
+        json_schema_extra=flag(OPTIMISATION, doc="`balanced`: single-label, each class's loss weighed by n / "
+                               "(classes x its count), as scikit-learn's; multi-label, each label's positive "
+                               "rows by negatives / positives (BCE's `pos_weight`)"))
     calibrate: bool = Field(
         default=True, description="temperature scaling fitted on the validation split after training",
         json_schema_extra=flag(OPTIMISATION, doc="fit a softmax temperature on the validation split after training "
@@ -297,6 +344,22 @@ class RunConfig(BaseModel):
             raise ValueError(f"context_length ({self.context_length}) is below max_length ({self.max_length})")
         if self.prompt != AUTO and self.prompt.count("{text}") != 1:
             raise ValueError(f"prompt must contain {{text}} exactly once, or be auto (got {self.prompt!r})")
+        if self.pair_template.count("{text}") != 1 or self.pair_template.count("{text_pair}") != 1:
+            raise ValueError("pair_template must contain {text} and {text_pair} exactly once each "
+                             f"(got {self.pair_template!r})")
+        if "{text_pair}" in self.prompt:
+            raise ValueError("prompt holds {text} only; the second text's place is in pair_template")
+        if self.label_cols is not None and (self.label_sep is not None or self.label_col is not None):
+            raise ValueError("label_cols reads 0/1 columns: it does not go with label_col or label_sep")
+        if self.task in ("single", "regression") and (self.label_sep is not None or self.label_cols is not None):
+            raise ValueError(f"label_sep and label_cols give several labels per text: task {self.task} has one "
+                             "(use task multilabel)")
+        if self.task == "regression" and self.class_weight != "none":
+            raise ValueError("class_weight applies to single- and multi-label tasks, not regression")
+        if self.task in ("multilabel", "regression") and self.mode == "zeroshot":
+            raise ValueError(f"mode zeroshot picks one label word; it does not do task {self.task}")
+        if self.task == "regression" and self.head_init == "labels":
+            raise ValueError("head_init labels starts the head from label words; a regression has none")
         if self.mode in ("probe", "zeroshot") and not self.head_bias:
             raise ValueError(f"--mode {self.mode} needs the head bias (it holds the feature standardization "
                              "or the calibration)")

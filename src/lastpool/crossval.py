@@ -25,8 +25,14 @@ from sklearn.model_selection import StratifiedKFold
 from lastpool.config import RunConfig
 from lastpool.errors import ConfigError, DataError
 
-SUMMARY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece")
-LOWER_IS_BETTER = {"log_loss", "ece"}
+# The scores a cross-validation summarises, per task (each also per label: f1[label]).
+TASK_METRICS = {"single": ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece"),
+                "multilabel": ("micro_f1", "macro_f1", "weighted_f1", "subset_accuracy", "hamming_loss",
+                               "mean_average_precision", "log_loss"),
+                "regression": ("pearson", "spearman", "rmse", "mae", "r2")}
+DEFAULT_METRIC = {"single": "accuracy", "multilabel": "macro_f1", "regression": "pearson"}  # what compare ranks by
+SUMMARY_METRICS = tuple(dict.fromkeys(name for names in TASK_METRICS.values() for name in names))
+LOWER_IS_BETTER = {"log_loss", "ece", "hamming_loss", "rmse", "mae"}
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -39,15 +45,24 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
 
 
-def fold_plan(labels: Sequence[str], folds: int, seeds: Sequence[int], val_fraction: float
+def fold_plan(labels: Sequence[str], folds: int, seeds: Sequence[int], val_fraction: float, strict: bool = True
               ) -> list[tuple[int, int, list[int], list[int]]]:
     """(seed, fold, train indices, test indices) for stratified K-fold, reshuffled per seed.
 
     ``folds == 1`` means a repeated hold-out: one stratified split of ``val_fraction`` per seed.
+    ``labels`` are the keys kept in proportion; not ``strict`` (a multi-label or regression set's keys),
+    keys too rare to reach every fold are pooled instead of refused.
     """
     if folds < 1:
         raise ConfigError(f"--folds must be at least 1 (got {folds})")
     counts = {label: labels.count(label) for label in set(labels)}
+    if not strict:
+        need = max(folds, 2)
+        labels = [label if counts[label] >= need else "(rare)" for label in labels]
+        if labels.count("(rare)") and labels.count("(rare)") < need:  # too few rare rows even pooled
+            common = max(counts, key=lambda k: counts[k])
+            labels = [common if label == "(rare)" else label for label in labels]
+        counts = {label: labels.count(label) for label in set(labels)}
     if folds > 1 and min(counts.values()) < folds:
         rare = min(counts, key=lambda k: counts[k])
         raise DataError(f"class {rare!r} has {counts[rare]} examples, fewer than --folds {folds}: "
@@ -66,38 +81,50 @@ def fold_plan(labels: Sequence[str], folds: int, seeds: Sequence[int], val_fract
     return plan
 
 
-def _scores(metrics: dict[str, Any]) -> dict[str, float]:
-    scores = {name: float(metrics[name]) for name in SUMMARY_METRICS if name in metrics}
-    for label, row in metrics.get("per_class", {}).items():
+def _scores(metrics: dict[str, Any], task: str) -> dict[str, float]:
+    scores = {name: float(metrics[name]) for name in TASK_METRICS[task] if name in metrics}
+    for label, row in (metrics.get("per_class") or metrics.get("per_label") or {}).items():
         scores[f"f1[{label}]"] = float(row["f1"])
     return scores
 
 
-def cross_validate(config: RunConfig, texts: Sequence[str], labels: Sequence[str], folds: int,
-                   seeds: Sequence[int], on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train and score one model per (seed, fold); per-run results and a summary of every metric."""
-    from lastpool.classifier import Classifier  # here, so the CLI checks a fold plan before torch loads
+def cross_validate(config: RunConfig, texts: Sequence[str], labels: Sequence[Any], folds: int,
+                   seeds: Sequence[int], on_run: Callable[[dict[str, Any]], None] | None = None,
+                   text_pairs: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train and score one model per (seed, fold); per-run results and a summary of every metric (of the
+    task: the labels' own, or ``config.task``)."""
+    from lastpool.classifier import Classifier, stratification_keys  # here: the CLI checks first, torch later
 
-    labels = [str(label) for label in labels]
+    task, keys, outputs = stratification_keys(config, labels)
+    if task != "single":
+        config = config.model_copy(update={"task": task})
     runs: list[dict[str, Any]] = []
-    for seed, fold, train, test in fold_plan(labels, folds, seeds, config.val_fraction):
+
+    def pairs(rows: list[int]) -> list[str] | None:
+        return [text_pairs[i] for i in rows] if text_pairs is not None else None
+
+    for seed, fold, train, test in fold_plan(keys, folds, seeds, config.val_fraction, strict=task == "single"):
         started = time.perf_counter()
         clf = Classifier(config.model_copy(update={"seed": seed})).fit(
-            [texts[i] for i in train], [labels[i] for i in train], quiet=True, data_name=f"fold {fold} training data")
-        metrics = clf.evaluate([texts[i] for i in test], [labels[i] for i in test], source=f"fold {fold}")
+            [texts[i] for i in train], [labels[i] for i in train], quiet=True, data_name=f"fold {fold} training data",
+            text_pairs=pairs(train))
+        metrics = clf.evaluate([texts[i] for i in test], [labels[i] for i in test], source=f"fold {fold}",
+                               text_pairs=pairs(test))
         assert clf.result is not None
         run = {"seed": seed, "fold": fold, "n_train": len(train), "n_test": len(test),
                "best_epoch": clf.result.best_epoch, "seconds": time.perf_counter() - started,
-               "temperature": clf.spec.temperature if clf.spec else 1.0,
-               "scores": _scores(metrics), "confusion_matrix": metrics["confusion_matrix"]}
+               "temperature": clf.spec.temperature if clf.spec else 1.0, "scores": _scores(metrics, task)}
+        if "confusion_matrix" in metrics:
+            run["confusion_matrix"] = metrics["confusion_matrix"]
         runs.append(run)
         if on_run is not None:
             on_run(run)
     names = list(runs[0]["scores"]) if runs else []
     summary = {name: summarize([r["scores"][name] for r in runs]) for name in names}
-    total = np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist() if runs else []
-    return {"folds": folds, "seeds": list(seeds), "runs": runs, "summary": summary, "confusion_matrix_sum": total,
-            "labels": sorted(set(labels)) if config.labels is None else list(config.labels)}
+    total = (np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist()
+             if runs and "confusion_matrix" in runs[0] else [])
+    return {"task": task, "folds": folds, "seeds": list(seeds), "runs": runs, "summary": summary,
+            "confusion_matrix_sum": total, "labels": outputs}
 
 
 def settings_grid(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -110,9 +137,10 @@ def setting_name(setting: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in setting.items())
 
 
-def compare(config: RunConfig, texts: Sequence[str], labels: Sequence[str], axes: dict[str, list[Any]],
+def compare(config: RunConfig, texts: Sequence[str], labels: Sequence[Any], axes: dict[str, list[Any]],
             folds: int, seeds: Sequence[int], metric: str = "accuracy",
-            on_run: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            on_run: Callable[[str, dict[str, Any]], None] | None = None,
+            text_pairs: Sequence[str] | None = None) -> dict[str, Any]:
     """Cross-validate every setting on the same folds and seeds; rank them and test the top two."""
     if not axes:
         raise ConfigError("nothing to compare: give at least one axis with two or more values")
@@ -126,7 +154,10 @@ def compare(config: RunConfig, texts: Sequence[str], labels: Sequence[str], axes
             if on_run is not None:
                 on_run(name, run)
 
-        cv = cross_validate(cfg, texts, labels, folds, seeds, on_run=report)
+        cv = cross_validate(cfg, texts, labels, folds, seeds, on_run=report, text_pairs=text_pairs)
+        if metric not in cv["summary"]:
+            raise ConfigError(f"--metric {metric} is not a score of a {cv['task']} task "
+                              f"({', '.join(TASK_METRICS[cv['task']])})")
         results.append({"setting": setting, "name": name, **cv})
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     ranked = sorted(results, key=lambda r: -sign * r["summary"][metric]["mean"])

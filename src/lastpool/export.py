@@ -22,7 +22,7 @@ import copy
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -33,10 +33,11 @@ from lastpool.errors import ConfigError, ModelLoadError
 from lastpool.fileio import staged_dir, staged_file
 from lastpool.models.backbones import HFBackbone
 from lastpool.models.classifier_model import SequenceClassifier
-from lastpool.text.tokenizers import TEXT_SLOT
+from lastpool.text.tokenizers import PAIR_SLOT, TEXT_SLOT
 
 if TYPE_CHECKING:
     from lastpool.classifier import Classifier
+    from lastpool.tasks import Task
 
 ATOL = 1e-4
 CHECK_TEXTS = [
@@ -62,9 +63,17 @@ def _plain_model(clf: Classifier) -> SequenceClassifier:
 
 
 def _batch(clf: Classifier, texts: list[str], padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """The check texts as a padded batch (for a model of pairs, each with the next text as its second)."""
     _, _, encoder = clf._require_fitted()
-    batch = PaddingCollator(encoder.pad_token_id, padding_side)([(ids, -1) for ids in encoder.encode(texts)])
+    pairs = texts[1:] + texts[:1] if encoder.pairs else None
+    batch = PaddingCollator(encoder.pad_token_id, padding_side)([(ids, -1) for ids in encoder.encode(texts, pairs)])
     return batch["input_ids"], batch["attention_mask"]
+
+
+ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+# transformers' names for the tasks: its pipeline applies softmax, sigmoid or nothing by them
+PROBLEM_TYPES: dict[str, ProblemType] = {"single": "single_label_classification",
+                                         "multilabel": "multi_label_classification", "regression": "regression"}
 
 
 def hf_refusal(clf: Classifier) -> str | None:
@@ -80,12 +89,16 @@ def hf_refusal(clf: Classifier) -> str | None:
         return ("this model pools block "
                 f"{spec.backbone.layer} without the final norm (--layer); transformers always runs every block "
                 "and the final norm: use --format onnx")
+    if PAIR_SLOT in spec.prompt:
+        return ("this model joins text pairs with its own template, and transformers' pipeline joins them with the "
+                "tokenizer's: use --format onnx (which keeps the template)")
     if spec.prompt != TEXT_SLOT:
         return (f"this model wraps every text in the prompt {spec.prompt!r}, which pipeline callers would not "
                 "do: use --format onnx (which keeps the prompt), or train without --prompt")
     if model.head.bias is not None and bool(torch.any(model.head.bias != 0)):
-        return ("the head has a bias, but the score layer of transformers' decoder *ForSequenceClassification "
-                "models has none: retrain with --no-head-bias, or use --format onnx")
+        where = " (a regression's holds the targets' mean)" if spec.task == "regression" else ""
+        return (f"the head has a bias{where}, but the score layer of transformers' decoder "
+                "*ForSequenceClassification models has none: retrain with --no-head-bias, or use --format onnx")
     return None
 
 
@@ -107,6 +120,9 @@ def export_hf(clf: Classifier, folder: Path) -> Path:
     config.id2label = dict(enumerate(spec.labels))
     config.label2id = {label: i for i, label in enumerate(spec.labels)}
     config.pad_token_id = encoder.pad_token_id
+    config.problem_type = PROBLEM_TYPES[spec.task]
+    if spec.thresholds is not None:  # not read by transformers: the labels lastpool predicts for each score
+        config.lastpool_thresholds = dict(zip(spec.labels, spec.thresholds, strict=True))
     try:
         hf = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     except ValueError as exc:
@@ -197,7 +213,8 @@ def export_onnx(clf: Classifier, path: Path, opset: int = 17) -> Path:
 
 
 class OnnxClassifier:
-    """``predict`` / ``predict_proba`` for an exported ``.onnx`` file, through ONNX Runtime."""
+    """``predict`` / ``predict_proba`` / ``logits`` for an exported ``.onnx`` file, through ONNX Runtime, in the
+    saved model's task (a label, labels over their thresholds, or a value)."""
 
     def __init__(self, path: Path) -> None:
         import onnxruntime as ort
@@ -226,8 +243,13 @@ class OnnxClassifier:
     def labels(self) -> list[str]:
         return list(self.spec.labels)
 
-    def logits(self, texts: list[str]) -> np.ndarray:
-        ids = self.encoder.encode(texts)
+    @property
+    def task(self) -> Task:
+        return self.spec.task_object()
+
+    def logits(self, texts: list[str], token_ids: list[list[int]] | None = None,
+               text_pairs: list[str] | None = None) -> np.ndarray:
+        ids = self.encoder.encode(texts, text_pairs) if token_ids is None else token_ids
         if not ids:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         collate = PaddingCollator(self.pad_token_id, self.spec.padding_side)
@@ -239,10 +261,8 @@ class OnnxClassifier:
 
         return rows_in_input_order([len(x) for x in ids], run, 2048, 256)
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        from lastpool.training.inference import softmax
+    def predict_proba(self, texts: list[str], text_pairs: list[str] | None = None) -> np.ndarray:
+        return self.task.probabilities(self.logits(texts, text_pairs=text_pairs))
 
-        return softmax(self.logits(texts), self.spec.temperature)
-
-    def predict(self, texts: list[str]) -> list[str]:
-        return [self.labels[i] for i in self.predict_proba(texts).argmax(axis=-1).tolist()]
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[Any]:
+        return self.task.outputs(self.logits(texts, text_pairs=text_pairs))

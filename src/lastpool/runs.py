@@ -42,11 +42,12 @@ def check_output_file(path: Path, what: str = "--output") -> None:
 def run_report(clf: Classifier, config: RunConfig, data: dict[str, Any], token_lengths: list[int]) -> Any:
     """The report's inputs: history, validation metrics, reliability before/after calibration and the
     validation texts the model gets most confidently wrong."""
-    from lastpool.evaluation.calibration import reliability_bins
+    from lastpool.evaluation.calibration import reliability_bins, softmax
     from lastpool.evaluation.report import RunReport
-    from lastpool.training.inference import softmax
 
     assert clf.result is not None and clf.spec is not None and clf.validation is not None
+    if clf.spec.task != "single":
+        return _task_report(clf, config, data, token_lengths)
     names = clf.spec.labels
     logits, y, texts = clf.validation["logits"], clf.validation["labels"], clf.validation["texts"]
     before = softmax(logits)
@@ -67,6 +68,28 @@ def run_report(clf: Classifier, config: RunConfig, data: dict[str, Any], token_l
         baseline=getattr(clf, "baseline", None), layer_scores=getattr(clf, "layer_scores", None),
         chosen_layer=getattr(clf, "chosen_layer", None), fusion=getattr(clf, "fusion", None),
     )
+
+
+def _task_report(clf: Classifier, config: RunConfig, data: dict[str, Any], token_lengths: list[int]) -> Any:
+    """A multi-label or regression run's report inputs: no reliability diagram; a regression's (true,
+    predicted) pairs and its largest errors."""
+    from lastpool.evaluation.report import RunReport
+
+    assert clf.result is not None and clf.spec is not None and clf.validation is not None
+    values, worst = None, []
+    if clf.spec.task == "regression":
+        predicted = clf.validation["logits"].reshape(-1).tolist()
+        values = [(float(t), float(p)) for t, p in zip(clf.validation["labels"], predicted, strict=True)]
+        order = sorted(range(len(values)), key=lambda i: -abs(values[i][1] - values[i][0]))
+        worst = [{"text": clf.validation["texts"][i], "label": values[i][0], "predicted": values[i][1]}
+                 for i in order[:10]]
+    return RunReport(
+        title=f"lastpool run: {data.get('source', 'training data')}", config=config.model_dump(mode="json"),
+        data={**data, "token_lengths": token_lengths, "max_length": config.max_length},
+        history=clf.result.history, val=clf.result.val_metrics, calibration=None, reliability_before=[],
+        reliability_after=None, worst_errors=worst, best_epoch=clf.result.best_epoch,
+        baseline=clf.baseline, layer_scores=clf.layer_scores, chosen_layer=clf.chosen_layer,
+        task=clf.spec.task, values=values)
 
 
 def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -14,20 +14,30 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+Target = int | float | list[float]  # a class id, a value, or (multi-label) one 0/1 per label
 
-class EncodedDataset(Dataset[tuple[list[int], int]]):
-    """Token ids (already truncated) and integer labels (-1 when unlabelled)."""
 
-    def __init__(self, ids: Sequence[list[int]], labels: Sequence[int] | None = None) -> None:
+def target_tensor(targets: Sequence[Target]) -> torch.Tensor:
+    """A batch's targets: class ids as int64; values and multi-hot rows as float32."""
+    if all(isinstance(t, int) for t in targets):
+        return torch.tensor(targets, dtype=torch.long)
+    return torch.tensor(targets, dtype=torch.float32)
+
+
+class EncodedDataset(Dataset[tuple[list[int], Target]]):
+    """Token ids (already truncated) and their targets (class ids, -1 when unlabelled; values; multi-hot
+    rows)."""
+
+    def __init__(self, ids: Sequence[list[int]], labels: Sequence[Target] | None = None) -> None:
         self.ids = list(ids)
-        self.labels = list(labels) if labels is not None else [-1] * len(self.ids)
+        self.labels: list[Target] = list(labels) if labels is not None else [-1] * len(self.ids)
         if len(self.labels) != len(self.ids):
             raise ValueError("ids and labels differ in length")
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[list[int], int]:
+    def __getitem__(self, index: int) -> tuple[list[int], Target]:
         return self.ids[index], self.labels[index]
 
     @property
@@ -142,7 +152,7 @@ class PaddingCollator:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
 
-    def __call__(self, rows: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[tuple[list[int], Target]]) -> dict[str, torch.Tensor]:
         longest = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -151,8 +161,8 @@ class PaddingCollator:
             span = slice(0, n) if self.padding_side == "right" else slice(longest - n, longest)
             input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, span] = 1
-        labels = torch.tensor([label for _, label in rows], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "labels": target_tensor([label for _, label in rows])}
 
 
 class TokenDropoutCollator(PaddingCollator):
@@ -170,7 +180,7 @@ class TokenDropoutCollator(PaddingCollator):
         self.rate = rate
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, rows: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[tuple[list[int], Target]]) -> dict[str, torch.Tensor]:
         if self.rate > 0:
             rows = [(self._drop(ids), label) for ids, label in rows]
         return super().__call__(rows)

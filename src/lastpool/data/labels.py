@@ -6,7 +6,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from lastpool.errors import ConfigError, DataError
 
@@ -15,12 +14,6 @@ _INT = re.compile(r"[+-]?\d+")
 
 def _quoted(names: Iterable[str]) -> str:
     return ", ".join(repr(n) for n in names)
-
-
-def data_summary(labels: Sequence[str], source: str) -> dict[str, Any]:
-    """A labelled data set in brief (its source, rows and rows per label), as the model card and the run
-    report show it."""
-    return {"source": source, "rows": len(labels), "class_counts": dict(sorted(Counter(labels).items()))}
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ import math
 import numbers
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,13 +29,42 @@ SUPPORTED = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".txt")
 DEMO_FILE = "demo/financial_news.csv"
 
 
+Label = str | list[str]  # one label, or (multi-label) the labels of one text
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """How a file holds its data, beyond what the extension says: which columns (by name, or by 1-based
+    position in a file without a header), the second text of a pair, several labels per text (a delimited
+    list in one column, or 0/1 columns), the separator and whether quotes are CSV quoting or literal."""
+
+    text_col: str | None = None
+    label_col: str | None = None
+    pair_col: str | None = None
+    label_cols: tuple[str, ...] | None = None
+    label_sep: str | None = None
+    sep: str | None = None  # None: by extension (tab for .tsv, comma otherwise)
+    header: bool = True
+    quoting: Literal["auto", "csv", "none"] = "auto"
+    numeric_labels: bool = False  # a regression: every label must be a number
+
+    def __post_init__(self) -> None:
+        if self.label_cols is not None and (self.label_col is not None or self.label_sep is not None):
+            raise DataError("--label-cols reads 0/1 columns: it does not go with --label-col or --label-sep")
+        if self.label_sep == "":
+            raise DataError("--label-sep is empty")
+
+
 @dataclass(frozen=True)
 class Table:
-    """Texts with optional string labels, plus where they came from (for messages)."""
+    """Texts (and, for pairs, their second texts) with optional labels, plus where they came from and where
+    each row is (for messages)."""
 
     texts: list[str]
-    labels: list[str] | None
+    labels: list[Any] | None  # label names; lists of them (multi-label); numbers (regression)
     source: str
+    pairs: list[str] | None = None
+    where: list[str] | None = None  # "line 7" / "row 3" per row
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -55,11 +84,16 @@ def read_table(
     text_col: str | None = None,
     label_col: str | None = None,
     require_labels: bool = True,
+    layout: TableLayout | None = None,
 ) -> Table:
     """Read a csv/tsv/jsonl/ndjson/parquet table or a ``sentence@label`` .txt file into a Table.
 
-    Raises DataError with the file, the line or row and the problem for anything a user can get wrong.
+    ``layout`` says how the file holds its columns (``text_col``/``label_col`` override its own). Raises
+    DataError with the file, the line or row and the problem for anything a user can get wrong.
     """
+    layout = layout or TableLayout()
+    if text_col is not None or label_col is not None:
+        layout = replace(layout, text_col=text_col or layout.text_col, label_col=label_col or layout.label_col)
     name = str(path)
     p = Path(path)
     if not p.exists():
@@ -83,15 +117,19 @@ def read_table(
         # Text never holds NUL bytes; a UTF-16 or binary file would otherwise "decode" as Latin-1 garbage.
         raise DataError(f"{name}: not a text file (it contains NUL bytes: binary, or UTF-16); save it as UTF-8")
 
-    if ext == ".txt":
+    if ext == ".txt" and layout.sep is None:
         return _read_phrasebank(raw_bytes, name, require_labels)
     if ext == ".parquet":
         raw = _read_parquet(p, name)
     elif ext in (".jsonl", ".ndjson"):
         raw = _read_jsonl(_decode_utf8(raw_bytes, name), name)
     else:
-        raw = _read_delimited(_decode_utf8(raw_bytes, name), name, "\t" if ext == ".tsv" else ",")
-    return _build(raw, name, text_col, label_col, require_labels)
+        sep = layout.sep or ("\t" if ext == ".tsv" else ",")
+        text = _decode_utf8(raw_bytes, name)
+        quoting = _quoting(text, sep) if layout.quoting == "auto" else layout.quoting
+        raw = (_read_delimited(text, name, sep, quoting) if layout.header
+               else _read_headerless(text, name, sep, quoting))
+    return _build(raw, name, layout, require_labels)
 
 
 def load_demo() -> Table:
@@ -101,7 +139,7 @@ def load_demo() -> Table:
         text = resource.read_text(encoding="utf-8-sig")
     except (FileNotFoundError, OSError) as exc:
         raise DataError(f"demo: built-in demo data is missing ({DEMO_FILE}); reinstall lastpool") from exc
-    return _build(_read_delimited(text, "demo", ","), "demo", None, None, True)
+    return _build(_read_delimited(text, "demo", ",", "csv"), "demo", TableLayout(), True)
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -123,11 +161,26 @@ def _decode_utf8(data: bytes, name: str) -> str:
 # --- readers ----------------------------------------------------------------------------------------
 
 
-def _read_delimited(text: str, name: str, sep: str) -> _Raw:
+def _quoting(text: str, sep: str) -> Literal["csv", "none"]:
+    """``auto``: CSV quoting, except in a tab-separated file whose quotes cannot be CSV quoting (a field
+    opens with a quote but does not close with one, as in ``"Yes," he said``): there quotes are literal."""
+    if sep != "\t":
+        return "csv"
+    for line in text.splitlines():
+        fields = line.split(sep)
+        for i, value in enumerate(fields):
+            # (the last field may be a quoted field that goes on over the next line: an odd number of quotes)
+            if value.startswith('"') and not value.endswith('"') and (i < len(fields) - 1 or value.count('"') % 2 == 0):
+                return "none"
+    return "csv"
+
+
+def _read_delimited(text: str, name: str, sep: str, quoting: str = "csv") -> _Raw:
     """CSV/TSV via pandas with everything as strings, so 'NA' or 'null' stay texts."""
-    starts = _record_starts(text, sep)
+    starts = _record_starts(text, sep, quoting)
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                         quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{name}: empty file") from exc
     except pd.errors.ParserError as exc:
@@ -148,9 +201,32 @@ def _read_delimited(text: str, name: str, sep: str) -> _Raw:
     return _Raw(columns, data, [f"line {n}" for n in data_lines])
 
 
-def _record_starts(text: str, sep: str) -> list[tuple[int, bool]]:
+def _read_headerless(text: str, name: str, sep: str, quoting: str) -> _Raw:
+    """A file of rows without a header: columns are named by position ("1", "2", ...), and rows may differ
+    in length (a missing field is empty; extra trailing fields are columns no flag names)."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep, quoting=csv.QUOTE_NONE if quoting == "none" else
+                        csv.QUOTE_MINIMAL, strict=True)
+    rows: list[list[str]] = []
+    where: list[str] = []
+    line = 1
+    try:
+        for record in reader:
+            if record and any(field.strip() for field in record):
+                rows.append(record)
+                where.append(f"line {line}")
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataError(f"{name}, line {line}: malformed {'TSV' if sep == chr(9) else 'CSV'} ({exc})") from None
+    width = max((len(r) for r in rows), default=0)
+    columns = [str(i + 1) for i in range(width)]
+    data = {c: [r[i] if i < len(r) else None for r in rows] for i, c in enumerate(columns)}
+    return _Raw(columns, data, where)
+
+
+def _record_starts(text: str, sep: str, quoting: str = "csv") -> list[tuple[int, bool]]:
     """(first line, is blank) of each record, so rows map to file lines even with quoted newlines."""
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    reader = csv.reader(io.StringIO(text), delimiter=sep,
+                        quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
     out: list[tuple[int, bool]] = []
     prev = 0
     try:
@@ -267,23 +343,76 @@ def _read_phrasebank(data: bytes, name: str, require_labels: bool) -> Table:
 # --- column choice and validation -------------------------------------------------------------------
 
 
-def _build(raw: _Raw, name: str, text_col: str | None, label_col: str | None, require_labels: bool) -> Table:
+def _build(raw: _Raw, name: str, layout: TableLayout, require_labels: bool) -> Table:
     if not raw.where:
         raise DataError(f"{name}: no rows (found columns: {_cols(raw.columns)})")
-    lab = _choose_label(raw.columns, name, label_col, require_labels)
-    txt = _choose_text(raw.columns, name, text_col, lab)
+    label_cols = ([_explicit(raw.columns, c, name, "--label-cols") for c in layout.label_cols]
+                  if layout.label_cols is not None else None)
+    lab = None if label_cols else _choose_label(raw.columns, name, layout.label_col, require_labels)
+    taken = [lab] if lab is not None else list(label_cols or [])
+    pair = _explicit(raw.columns, layout.pair_col, name, "--text-pair-col") if layout.pair_col is not None else None
+    if pair is not None:
+        taken.append(pair)
+    txt = _choose_text(raw.columns, name, layout.text_col, taken)
+    if pair == txt:
+        raise DataError(f"{name}: --text-pair-col names the text column ('{txt}'); pass the second text's column")
 
     texts = [_text_value(v, name, where) for v, where in zip(raw.data[txt], raw.where, strict=True)]
-
+    pairs = ([_text_value(v, name, where, f"second text (column '{pair}')")
+              for v, where in zip(raw.data[pair], raw.where, strict=True)] if pair is not None else None)
+    if label_cols:
+        return Table(texts, _indicator_labels(raw, name, label_cols), name, pairs, raw.where)
     if lab is None:
-        return Table(texts, None, name)
-    labels: list[str | None] = []
+        return Table(texts, None, name, pairs, raw.where)
+    labels: list[Any] = []
     for value, where in zip(raw.data[lab], raw.where, strict=True):
-        label = _label_value(value)
-        if label is None and require_labels:
+        listed = layout.label_sep is not None or isinstance(value, (list, tuple, np.ndarray))
+        label: Any = _label_list(value, layout.label_sep or ",") if listed else _label_value(value)
+        if (label is None or label == []) and require_labels:
             raise DataError(f"{name}, {where}: missing label (column '{lab}')")
+        if label is not None and layout.numeric_labels:
+            label = _number(label, name, where)
         labels.append(label)
-    return Table(texts, _complete(labels), name)
+    complete = [label for label in labels if label is not None and label != []]
+    return Table(texts, complete if len(complete) == len(labels) else None, name, pairs, raw.where)
+
+
+def _label_list(value: Any, sep: str) -> list[str] | None:
+    """One cell holding several labels ("2,5"); a JSON array is read as the list it is."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        names = [_label_value(v) for v in value]
+        return [n for n in names if n is not None]
+    label = _label_value(value)
+    if label is None:
+        return None
+    return list(dict.fromkeys(part.strip() for part in label.split(sep) if part.strip()))
+
+
+def _indicator_labels(raw: _Raw, name: str, columns: Sequence[str]) -> list[Label]:
+    """``--label-cols``: a text's labels are the columns holding 1 (or true); each cell must be 0 or 1."""
+    out: list[Label] = []
+    for i, where in enumerate(raw.where):
+        row = []
+        for column in columns:
+            value = _label_value(raw.data[column][i])
+            flag = {"1": True, "0": False, "True": True, "False": False, "true": True, "false": False}.get(value or "")
+            if flag is None:
+                raise DataError(f"{name}, {where}: column '{column}' holds {value!r}; --label-cols columns hold 0 or 1")
+            if flag:
+                row.append(column)
+        out.append(row)
+    return out
+
+
+def _number(label: Any, name: str, where: str) -> float:
+    try:
+        number = float(label)
+    except (TypeError, ValueError):
+        raise DataError(f"{name}, {where}: the target {label!r} is not a number (regression needs numeric "
+                        "targets)") from None
+    if not math.isfinite(number):
+        raise DataError(f"{name}, {where}: the target is {label!r} (regression needs finite numbers)")
+    return number
 
 
 def _complete(labels: Sequence[str | None]) -> list[str] | None:
@@ -324,17 +453,17 @@ def _choose_label(columns: Sequence[str], name: str, label_col: str | None, requ
     return None
 
 
-def _choose_text(columns: Sequence[str], name: str, text_col: str | None, label: str | None) -> str:
+def _choose_text(columns: Sequence[str], name: str, text_col: str | None, taken: Sequence[str]) -> str:
     if text_col is not None:
         return _explicit(columns, text_col, name, "--text-col")
-    found = _auto(columns, TEXT_COLUMNS, label)
+    found = [c for c in _auto(columns, TEXT_COLUMNS, None) if c not in taken]
     if len(found) > 1:
         raise DataError(
             f"{name}: ambiguous text column: {', '.join(found)} all look like text; pass --text-col"
         )
     if found:
         return found[0]
-    others = [c for c in columns if c != label]
+    others = [c for c in columns if c not in taken]
     if len(others) == 1:  # e.g. two columns, one of them the label
         return others[0]
     raise DataError(f"{name}: no text column; found columns: {_cols(columns)}; pass --text-col")
@@ -346,18 +475,18 @@ def _missing(value: Any) -> bool:
     return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
-def _text_value(value: Any, name: str, where: str) -> str:
+def _text_value(value: Any, name: str, where: str, what: str = "text") -> str:
     """The text as-is (no stripping); numbers become their string form, anything else is an error."""
     if _missing(value):
-        raise DataError(f"{name}, {where}: empty text")
+        raise DataError(f"{name}, {where}: empty {what}")
     if isinstance(value, str):
         text = value
     elif isinstance(value, (numbers.Number, np.generic)) and not isinstance(value, (bool, np.bool_)):
         text = _label_value(value) or ""
     else:
-        raise DataError(f"{name}, {where}: text is not a string ({type(value).__name__})")
+        raise DataError(f"{name}, {where}: {what} is not a string ({type(value).__name__})")
     if not text.strip():
-        raise DataError(f"{name}, {where}: empty text")
+        raise DataError(f"{name}, {where}: empty {what}")
     return text
 
 

@@ -12,8 +12,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from lastpool.evaluation.metrics import classification_metrics
-from lastpool.models.bag_of_words import BagOfWords
+import numpy as np
+from sklearn.linear_model import Ridge
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.svm import LinearSVC
+
+from lastpool.evaluation.metrics import classification_metrics, multilabel_metrics, regression_metrics
+from lastpool.models.bag_of_words import SVM_C, BagOfWords, bag_of_words_pipeline
 
 
 def fit_baseline(train_texts: Sequence[str], train_y: Sequence[int], val_texts: Sequence[str],
@@ -37,6 +42,40 @@ def fit_baseline(train_texts: Sequence[str], train_y: Sequence[int], val_texts: 
     metrics = classification_metrics(list(val_y), predicted, label_names)
     return model, {"model": model.description, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                    "seconds": seconds}
+
+
+def fit_task_baseline(task: str, train_texts: Sequence[str], train_y: np.ndarray, val_texts: Sequence[str],
+                      val_y: np.ndarray, names: Sequence[str]) -> dict[str, Any] | None:
+    """The baseline of a multi-label or regression task: the same TF-IDF features with a linear SVM per
+    label (a label is predicted where its margin is above 0), or a ridge regression. Its scores on the
+    validation split, as ``fit_baseline``'s; None when the training texts hold no n-gram."""
+    built = bag_of_words_pipeline(train_texts) if train_texts and val_texts else None
+    if built is None:
+        return None
+    start = time.perf_counter()
+    pipeline, description = built
+    features = pipeline.named_steps["features"]
+    x_train, x_val = features.fit_transform(list(train_texts)), None
+    x_val = features.transform(list(val_texts))
+    if task == "regression":
+        ridge = Ridge(alpha=1.0).fit(x_train, np.asarray(train_y, dtype=np.float64))
+        metrics = regression_metrics(val_y, ridge.predict(x_val))
+        description = description.replace("linear SVM", "ridge regression")
+        shown = ("pearson", "spearman", "rmse")
+    else:
+        truth = np.asarray(train_y)
+        present = [k for k in range(truth.shape[1]) if 0 < truth[:, k].sum() < len(truth)]
+        margins = np.full((x_val.shape[0], truth.shape[1]), -10.0)
+        if present:
+            svm = OneVsRestClassifier(LinearSVC(C=SVM_C, dual="auto", random_state=0))
+            svm.fit(x_train, truth[:, present])
+            margins[:, present] = np.asarray(svm.decision_function(x_val)).reshape(len(val_texts), len(present))
+        probabilities = 1.0 / (1.0 + np.exp(-margins))  # margin 0 is probability 0.5: the SVM's own decision
+        metrics = multilabel_metrics(val_y, probabilities, [0.5] * truth.shape[1], names)
+        description = description.replace("linear SVM", "a linear SVM per label")
+        shown = ("micro_f1", "macro_f1", "subset_accuracy")
+    return {"model": description, **{name: metrics.get(name) for name in shown},
+            "seconds": time.perf_counter() - start}
 
 
 def bag_of_words_baseline(train_texts: Sequence[str], train_y: Sequence[int], val_texts: Sequence[str],

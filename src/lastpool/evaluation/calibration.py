@@ -59,3 +59,11 @@ def fit_temperature(logits: np.ndarray, y_true: Sequence[int]) -> float:
                              bounds=tuple(np.log(T_RANGE)), method="bounded", options={"xatol": 1e-5})
     best = float(np.exp(result.x))
     return best if nll(logits, y_true, best) <= nll(logits, y_true, 1.0) else 1.0
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of ``logits`` [N, C] at ``temperature`` (numerically stable)."""
+    scaled = logits / temperature
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)

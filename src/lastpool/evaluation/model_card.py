@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from lastpool.evaluation.metrics import metric_title
 from lastpool.evaluation.render import (
     Block,
     BulletList,
@@ -30,8 +31,6 @@ from lastpool.evaluation.render import md_text as md_text  # re-exported: caller
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
-METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted F1", "log_loss": "log loss",
-                "ece": "ECE"}
 
 MODE_TEXT = {
     "full": "full fine-tuning: every weight of the backbone and the head was trained",
@@ -148,7 +147,7 @@ def _repeated_runs(metrics: Mapping[str, Any], intervals: Mapping[str, Mapping[s
     rows = []
     for key, entry in intervals.items():
         base = key.removeprefix("val_")
-        rows.append([METRIC_NAMES.get(base, base), fmt(_metric(metrics, base)),
+        rows.append([metric_title(base), fmt(_metric(metrics, base)),
                      f"{fmt(entry.get('mean'))} ± {fmt(entry.get('std'))}",
                      f"{fmt(entry.get('ci95_low'))} to {fmt(entry.get('ci95_high'))}"])
     runs = {int(entry["n"]) for entry in intervals.values() if entry.get("n")}
@@ -188,7 +187,7 @@ def _listing(labels: list[str]) -> list[Inline]:
 
 
 def _training_data(data: Mapping[str, Any], max_length: Any) -> list[Block]:
-    counts = {str(k): int(v) for k, v in (data.get("class_counts") or {}).items()}
+    counts = {str(k): int(v) for k, v in (data.get("class_counts") or data.get("label_counts") or {}).items()}
     blocks: list[Block] = [
         Heading(2, "Training data"),
         BulletList([["Source: ", Code(str(data.get("source", "unknown")))],
@@ -218,7 +217,45 @@ HOW_TO_USE: list[Block] = [
 ]
 
 
-def _limits(labels: list[str], source: str, max_length: Any, n: Any) -> list[Block]:
+TASK_SCORES = {"multilabel": ("micro_f1", "macro_f1", "weighted_f1", "subset_accuracy", "hamming_loss"),
+               "regression": ("pearson", "spearman", "rmse", "mae", "r2")}
+
+
+def _task_validation(task: str, metrics: Mapping[str, Any]) -> list[Block]:
+    """A multi-label or regression model's validation scores (no closed-form intervals for these)."""
+    rows = [[metric_title(name), fmt(_metric(metrics, name))] for name in TASK_SCORES[task]
+            if _metric(metrics, name) is not None]
+    if not rows:
+        return [Para(["No validation metrics were recorded for this model."])]
+    n = _metric(metrics, "n")
+    return [Para([f"Measured on {n} held-out validation texts." if n else "Measured on the held-out validation "
+                  "texts."]), Table(["metric", "value"], rows, [False, True])]
+
+
+def _what_it_does(task: str, labels: list[str]) -> list[Inline]:
+    if task == "regression":
+        return ["A lastpool regression model (a decoder language model with a linear head) that predicts one number "
+                "per text: ", Code(labels[0] if labels else "value"), "."]
+    if task == "multilabel":
+        return ["A lastpool multi-label classifier (a decoder language model with a linear head) that gives each text "
+                f"any of {len(labels)} labels: ", *_listing(labels), ", each where its probability reaches the "
+                "label's threshold (chosen on the validation split)."]
+    return ["A lastpool classifier (a decoder language model with a linear head) that assigns each text one of "
+            f"{len(labels)} labels: ", *_listing(labels), "."]
+
+
+def _label_limit(task: str, labels: list[str]) -> list[Inline]:
+    if task == "regression":
+        return ["It predicts values like those it was trained on; far outside the training range its numbers mean "
+                "little."]
+    if task == "multilabel":
+        return ["The label set is fixed: a text gets some of ", *_listing(labels), ", or none of them when no "
+                "label reaches its threshold."]
+    return ["The label set is fixed: every text gets one of ", *_listing(labels),
+            ", even a text that fits none of them. There is no \"other\" answer unless it was trained as a label."]
+
+
+def _limits(labels: list[str], source: str, max_length: Any, n: Any, task: str = "single") -> list[Block]:
     """What the model is not for: the section a reader who skims should still reach."""
     small = f"{n} texts" if n else "a small split"
     return [Heading(2, "Intended use and limits"), BulletList([
@@ -226,8 +263,7 @@ def _limits(labels: list[str], source: str, max_length: Any, n: Any) -> list[Blo
          "Expect lower accuracy on other languages, topics or registers, and check it on a sample first."],
         [f"Short texts: only the first {max_length} tokens (prompt included) are read; the rest of a longer "
          "text is ignored."],
-        ["The label set is fixed: every text gets one of ", *_listing(labels),
-         ", even a text that fits none of them. There is no \"other\" answer unless it was trained as a label."],
+        _label_limit(task, labels),
         ["Not for decisions with serious consequences for people (health, credit, employment, legal, "
          "moderation without appeal) without human review of its outputs."],
         [f"The validation scores come from {small}; they are estimates with the uncertainty shown above, "
@@ -245,11 +281,8 @@ def model_card_document(spec: Mapping[str, Any], data: Mapping[str, Any], metric
     """The card's content (everything but the Hub metadata); arguments as for ``model_card``."""
     labels = [str(x) for x in spec.get("labels") or metrics.get("labels") or []]
     max_length = spec.get("max_length", data.get("max_length"))
-    blocks: list[Block] = [
-        Para(["A lastpool classifier (a decoder language model with a linear head) that assigns each text one of "
-              f"{len(labels)} labels: ", *_listing(labels), "."]),
-        Heading(2, "Model"), BulletList(_backbone_items(spec)),
-    ]
+    task = str(spec.get("task") or "single")
+    blocks: list[Block] = [Para(_what_it_does(task, labels)), Heading(2, "Model"), BulletList(_backbone_items(spec))]
     fusion = spec.get("fusion")
     if fusion:
         blocks.append(Para([
@@ -258,10 +291,12 @@ def model_card_document(spec: Mapping[str, Any], data: Mapping[str, Any], metric
             f"with a share of {fmt(fusion.get('share'))} chosen on the validation split. An export (",
             Code("lastpool export"), ") holds the language model alone."]))
     blocks += _training_data(data, max_length)
-    blocks += [Heading(2, "Validation results"), *_validation(metrics, intervals)]
-    blocks += [Heading(2, "Calibration"), Para([_calibration(spec, calibration)])]
+    validation = _validation(metrics, intervals) if task == "single" else _task_validation(task, metrics)
+    blocks += [Heading(2, "Validation results"), *validation]
+    if task == "single":
+        blocks += [Heading(2, "Calibration"), Para([_calibration(spec, calibration)])]
     blocks += HOW_TO_USE
-    blocks += _limits(labels, str(data.get("source", "unknown")), max_length, _metric(metrics, "n"))
+    blocks += _limits(labels, str(data.get("source", "unknown")), max_length, _metric(metrics, "n"), task)
     return Document(f"Text classifier: {' / '.join(labels)}", blocks)
 
 

@@ -16,6 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from lastpool.evaluation.metrics import metric_title
+
 DPI = 100
 WIDTH = 5.0
 HEIGHT = 3.5
@@ -47,20 +49,24 @@ def _series(ax: Axes, epochs: Sequence[Any], values: Sequence[Any], label: str, 
 
 
 def training_curves(history: Sequence[Mapping[str, Any]]) -> bytes:
-    """Losses (train, validation) on the left and validation accuracy and macro-F1 on the right, per epoch.
+    """Losses (train, validation) on the left and the validation scores the run recorded (accuracy and
+    macro-F1; micro- and macro-F1; Pearson and RMSE) on the right, per epoch.
 
-    Separate axes, because losses are unbounded while the scores live in [0, 1].
+    Separate axes, because losses are unbounded while most scores live in [0, 1].
     """
     fig = Figure(figsize=(2 * WIDTH, HEIGHT), layout="constrained")
     loss_ax, score_ax = fig.subplots(1, 2)
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
     _series(loss_ax, epochs, [row.get("train_loss") for row in history], "train loss", "o")
     _series(loss_ax, epochs, [row.get("val_loss") for row in history], "validation loss", "s")
-    _series(score_ax, epochs, [row.get("val_accuracy") for row in history], "validation accuracy", "o")
-    _series(score_ax, epochs, [row.get("val_macro_f1") for row in history], "validation macro-F1", "s")
+    scores = [key for key in (history[0] if history else {}) if key.startswith("val_") and key != "val_loss"]
+    for key, marker in zip(scores, "os^vD*", strict=False):
+        _series(score_ax, epochs, [row.get(key) for row in history], f"validation {metric_title(key[4:])}", marker)
     loss_ax.set_title("loss")
     score_ax.set_title("validation scores")
-    score_ax.set_ylim(0.0, 1.02)
+    values = [v for key in scores for _, v in _finite([row.get(key) for row in history])]
+    if values and all(0.0 <= v <= 1.0 for v in values):
+        score_ax.set_ylim(0.0, 1.02)
     for ax in (loss_ax, score_ax):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -123,7 +129,7 @@ def reliability_diagram(before: Sequence[Mapping[str, Any]], after: Sequence[Map
     return figure_png(fig)
 
 
-def per_class_f1(per_class: Mapping[str, Mapping[str, Any]]) -> bytes:
+def per_class_f1(per_class: Mapping[str, Mapping[str, Any]], title: str = "F1 per class") -> bytes:
     """Horizontal F1 bars, one per label, with the value and support written beside each bar."""
     names = list(per_class)
     fig = Figure(figsize=(WIDTH, min(max(HEIGHT, 1.0 + 0.35 * len(names)), 14.0)), layout="constrained")
@@ -139,7 +145,7 @@ def per_class_f1(per_class: Mapping[str, Mapping[str, Any]]) -> bytes:
     ax.set_xlim(0.0, 1.3)
     ax.set_xticks([0.0, 0.25, 0.5, 0.75, 1.0])
     ax.set_xlabel("F1")
-    ax.set_title("F1 per class")
+    ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return figure_png(fig)
 
@@ -184,5 +190,33 @@ def layer_scores(scores: Sequence[float], chosen: int | None) -> bytes:
     ax.set_ylabel("probe accuracy (training split)")
     ax.set_title("layer choice")
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")  # below the axes: never over the peak
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def predicted_vs_true(true: Sequence[float], predicted: Sequence[float]) -> bytes:
+    """A regression's predictions against the targets, with the diagonal a perfect model lies on."""
+    fig = Figure(figsize=(WIDTH, WIDTH * 0.8), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(true, predicted, s=8, alpha=0.5, color="tab:blue")
+    low, high = min(min(true), min(predicted)), max(max(true), max(predicted))
+    ax.plot([low, high], [low, high], color="black", linewidth=1, linestyle="--", label="predicted = true")
+    ax.set_xlabel("true value")
+    ax.set_ylabel("predicted value")
+    ax.set_title("Predicted against true (validation)")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def residuals(true: Sequence[float], predicted: Sequence[float]) -> bytes:
+    """Residuals (predicted - true) against the prediction: a trend or a funnel shows where the model errs."""
+    fig = Figure(figsize=(WIDTH, HEIGHT), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(predicted, [p - t for t, p in zip(true, predicted, strict=True)], s=8, alpha=0.5, color="tab:orange")
+    ax.axhline(0.0, color="black", linewidth=1, linestyle="--")
+    ax.set_xlabel("predicted value")
+    ax.set_ylabel("predicted - true")
+    ax.set_title("Residuals (validation)")
     ax.grid(alpha=0.3)
     return figure_png(fig)

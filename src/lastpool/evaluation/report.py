@@ -17,7 +17,7 @@ from typing import Any
 
 from lastpool.evaluation import plots
 from lastpool.evaluation.baseline import beats_baseline_text
-from lastpool.evaluation.metrics import length_summary
+from lastpool.evaluation.metrics import length_summary, metric_title
 from lastpool.evaluation.model_card import wilson_interval
 from lastpool.evaluation.render import (
     Block,
@@ -57,6 +57,8 @@ class RunReport:
     layer_scores: list[float] | None = None  # --layer auto: probe accuracy after each block 1..L (training split)
     chosen_layer: int | None = None  # the 1-based block the classifier pools after
     fusion: dict[str, Any] | None = None  # share, weight, language_model {accuracy, macro_f1}
+    task: str = "single"  # single, multilabel or regression: which sections and plots apply
+    values: list[tuple[float, float]] | None = None  # regression: (true, predicted) per validation text
 
 
 def _figure(pngs: dict[str, bytes], name: str, alt: str) -> list[Block]:
@@ -212,13 +214,15 @@ def _training(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Training curves")]
     if not report.history:
         return [*blocks, Para(["No per-epoch history was recorded."])]
+    scores = [key for key in report.history[0] if key.startswith("val_") and key != "val_loss"]
+    titles = [metric_title(key[4:]) for key in scores]
     blocks += _figure(pngs, "training_curves",
-                      "Training and validation loss, validation accuracy and macro-F1 per epoch")
+                      f"Training and validation loss, validation {' and '.join(titles)} per epoch")
     rows = [[str(h.get("epoch", i + 1)), fmt(h.get("train_loss")), fmt(h.get("val_loss")),
-             fmt(h.get("val_accuracy")), fmt(h.get("val_macro_f1")), fmt(h.get("seconds"), 1)]
+             *(fmt(h.get(key)) for key in scores), fmt(h.get("seconds"), 1)]
             for i, h in enumerate(report.history)]
-    blocks.append(Table(["epoch", "train loss", "val loss", "val accuracy", "val macro-F1", "seconds"], rows,
-                        [True] * 6))
+    blocks.append(Table(["epoch", "train loss", "val loss", *(f"val {t}" for t in titles), "seconds"], rows,
+                        [True] * (4 + len(scores))))
     blocks.append(Para([f"The saved model is the one from epoch {report.best_epoch}."]))
     return blocks
 
@@ -291,19 +295,93 @@ def _configuration(report: RunReport) -> list[Block]:
                   [False, False])]
 
 
+def _task_summary(report: RunReport, names: tuple[str, ...], note: str) -> list[Block]:
+    """A multi-label or regression run's validation scores beside the baseline's."""
+    val, baseline = report.val, report.baseline or {}
+    rows = [["validation texts", str(int(val.get("n", 0)))]]
+    rows += [[metric_title(name), fmt(val.get(name))] for name in names]
+    rows += [[f"bag-of-words baseline {metric_title(name)}", fmt(baseline.get(name))]
+             for name in names if name in baseline]
+    rows.append(["best epoch", str(report.best_epoch)])
+    blocks: list[Block] = [Heading(2, "Summary"), Para([note]), Table(["metric", "value"], rows, [False, True])]
+    if report.baseline is not None:
+        blocks.append(Para([f"The baseline ({report.baseline.get('model')}) is fitted on the same training split "
+                            "and scored on the same validation texts."]))
+    return blocks
+
+
+MULTILABEL_SUMMARY = ("micro_f1", "macro_f1", "weighted_f1", "subset_accuracy", "hamming_loss",
+                      "mean_average_precision", "log_loss")
+REGRESSION_SUMMARY = ("pearson", "spearman", "rmse", "mae", "r2")
+
+
+def _label_data(report: RunReport) -> list[Block]:
+    """A multi-label run's texts per label (a text counts once for each of its labels)."""
+    counts = {str(k): int(v) for k, v in (report.data.get("label_counts") or {}).items()}
+    if not counts:
+        return []
+    rows = int(report.data.get("rows") or 0)
+    per_text = report.data.get("labels_per_text")
+    return [Para([f"Labels per text: {fmt(per_text, 2)} on average."]),
+            Table(["label", "texts", "share of texts"],
+                  [[label, str(c), f"{c / rows:.1%}" if rows else "n/a"] for label, c in counts.items()],
+                  [False, True, True])]
+
+
+def _per_label(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
+    per_label = report.val.get("per_label") or {}
+    blocks: list[Block] = [Heading(2, "Per-label scores"), Para([
+        "Each label is predicted where its probability reaches its threshold; the thresholds are chosen on the "
+        "validation split for each label's best F1 (so these scores are optimistic) and saved with the model."])]
+    blocks.append(Table(["label", "precision", "recall", "F1", "support", "threshold"],
+                        [[str(name), fmt(s.get("precision")), fmt(s.get("recall")), fmt(s.get("f1")),
+                          str(s.get("support", "")), fmt(s.get("threshold"), 3)] for name, s in per_label.items()],
+                        [False, True, True, True, True, True]))
+    blocks += _figure(pngs, "per_label_f1", "F1 score per label")
+    return blocks
+
+
+def _regression_fit(report: RunReport, pngs: dict[str, bytes]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Predictions against the targets")]
+    target = report.data.get("target") or {}
+    if target:
+        blocks.append(Para([f"Training targets range from {fmt(target.get('min'))} to {fmt(target.get('max'))} "
+                            f"(mean {fmt(target.get('mean'))}, standard deviation {fmt(target.get('std'))}); the "
+                            "model trains on them standardised and predicts in their own units."]))
+    blocks += _figure(pngs, "predicted_vs_true", "Predicted against true values on the validation split")
+    blocks += _figure(pngs, "residuals", "Residuals against predicted values on the validation split")
+    return blocks
+
+
+def _largest_errors(report: RunReport) -> list[Block]:
+    errors = report.worst_errors[:MAX_ERRORS]
+    if not errors:
+        return []
+    return [Heading(2, "Largest errors"),
+            Para([f"The {len(errors)} validation texts with the largest absolute error (texts cut at "
+                  f"{MAX_ERROR_CHARS} characters)."]),
+            Table(["true", "predicted", "text"],
+                  [[fmt(e.get("label")), fmt(e.get("predicted")), _shorten(str(e.get("text", "")))] for e in errors],
+                  [True, True, False])]
+
+
 def report_document(report: RunReport, pngs: dict[str, bytes]) -> Document:
     """The report's content, in order; ``pngs`` holds the plots that exist (the others are left out)."""
-    return Document(report.title, [
-        *_summary(report),
-        *_data(report, pngs),
-        *_layer_choice(report, pngs),
-        *_training(report, pngs),
-        *_confusion(report, pngs),
-        *_per_class(report, pngs),
-        *_calibration(report, pngs),
-        *_errors(report),
-        *_configuration(report),
-    ])
+    if report.task == "multilabel":
+        body = [*_task_summary(report, MULTILABEL_SUMMARY, "Scores on the validation split at the per-label "
+                               "thresholds, for the model of the best epoch."),
+                *_data(report, pngs), *_label_data(report), *_layer_choice(report, pngs),
+                *_training(report, pngs), *_per_label(report, pngs)]
+    elif report.task == "regression":
+        body = [*_task_summary(report, REGRESSION_SUMMARY, "Scores on the validation split, in the targets' "
+                               "units, for the model of the best epoch."),
+                *_data(report, pngs), *_layer_choice(report, pngs), *_training(report, pngs),
+                *_regression_fit(report, pngs), *_largest_errors(report)]
+    else:
+        body = [*_summary(report), *_data(report, pngs), *_layer_choice(report, pngs), *_training(report, pngs),
+                *_confusion(report, pngs), *_per_class(report, pngs), *_calibration(report, pngs),
+                *_errors(report)]
+    return Document(report.title, [*body, *_configuration(report)])
 
 
 def report_plots(report: RunReport) -> dict[str, bytes]:
@@ -316,6 +394,12 @@ def report_plots(report: RunReport) -> dict[str, bytes]:
         out["confusion_matrix"] = plots.confusion_matrix(report.val["confusion_matrix"], labels)
     if report.val.get("per_class"):
         out["per_class_f1"] = plots.per_class_f1(report.val["per_class"])
+    if report.val.get("per_label"):
+        out["per_label_f1"] = plots.per_class_f1(report.val["per_label"], "F1 per label")
+    if report.values:
+        true, predicted = [t for t, _ in report.values], [p for _, p in report.values]
+        out["predicted_vs_true"] = plots.predicted_vs_true(true, predicted)
+        out["residuals"] = plots.residuals(true, predicted)
     if any(int(b.get("count", 0)) for b in report.reliability_before):
         out["reliability"] = plots.reliability_diagram(report.reliability_before, report.reliability_after)
     lengths = report.data.get("token_lengths") or []

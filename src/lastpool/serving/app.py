@@ -13,11 +13,11 @@ import secrets
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import uvicorn
@@ -34,6 +34,7 @@ from lastpool.artifact import PretrainedBackboneSpec
 from lastpool.config import ServeConfig, serve_config
 from lastpool.errors import ConfigError
 from lastpool.serving.batcher import BatcherClosedError, MicroBatcher, ModelCallError
+from lastpool.tasks import Task
 from lastpool.version import __version__
 
 if TYPE_CHECKING:
@@ -52,7 +53,11 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     texts: list[StrictStr] = Field(min_length=1, description="texts to classify (at most the server's max batch)")
-    top_k: StrictInt | None = Field(default=None, description="also return the k most probable labels (1..labels)")
+    text_pairs: list[StrictStr] | None = Field(
+        default=None, description="a model of text pairs: each text's second text, in the same order (required "
+        "there, refused elsewhere)")
+    top_k: StrictInt | None = Field(default=None, description="also return the k most probable labels (1..labels; "
+                                    "single- and multi-label models)")
 
 
 class LabelProbability(BaseModel):
@@ -61,8 +66,15 @@ class LabelProbability(BaseModel):
 
 
 class ClassifyResult(BaseModel):
-    label: str = Field(description="the most probable label")
-    probabilities: dict[str, float] = Field(description="every label's probability, in the model's label order")
+    """One text's answer: what it holds follows the model's task (the response's ``task``)."""
+
+    label: str | None = Field(default=None, description="single-label: the most probable label")
+    labels: list[str] | None = Field(default=None, description="multi-label: the labels whose probability reaches "
+                                     "their threshold (possibly none)")
+    value: float | None = Field(default=None, description="regression: the predicted value")
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="single- and multi-label: every label's probability, in the model's label order "
+        "(multi-label: each label's own, not summing to 1)")
     top_k: list[LabelProbability] | None = Field(default=None, description="only when top_k was given")
     truncated: bool = Field(description="the text was longer than the model's max_length tokens and was cut")
 
@@ -74,6 +86,8 @@ class ModelRef(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
+    task: Literal["single", "multilabel", "regression"] = Field(
+        description="what the model predicts: one label (label), a set of labels (labels) or a number (value)")
     results: list[ClassifyResult]
     truncated_count: int
     model: ModelRef
@@ -190,7 +204,8 @@ def model_info(clf: Classifier) -> dict[str, Any]:
     else:
         cfg = spec.backbone.config
         backbone.update(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
-    return {"labels": list(spec.labels), "backbone": backbone, "mode": spec.mode, "pooling": spec.pooling,
+    return {"task": spec.task, "labels": list(spec.labels), "thresholds": spec.thresholds, "backbone": backbone,
+            "pairs": "{text_pair}" in spec.prompt, "mode": spec.mode, "pooling": spec.pooling,
             "max_length": spec.max_length, "padding_side": spec.padding_side, "prompt": spec.prompt,
             "temperature": spec.temperature, "precision": spec.precision,
             "bag_of_words_share": spec.fusion.share if spec.fusion is not None else None,
@@ -274,15 +289,34 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name
     labels = list(spec.labels)
     max_length = spec.max_length
     info = model_info(clf)
+    task = spec.task_object()
+    pairs = encoder.pairs
     backbone = spec.backbone.source if isinstance(spec.backbone, PretrainedBackboneSpec) else "scratch"
     ref = ModelRef(id=hashlib.sha256(spec.model_dump_json().encode("utf-8")).hexdigest()[:12], name=model_name,
                    backbone=backbone)
-    batcher = MicroBatcher(lambda texts, ids: clf.predict_proba(texts, token_ids=ids), encoder.encode_counted,
-                           batch_wait_ms=cfg.batch_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
-                           max_batch_texts=cfg.max_batch_texts, enabled=cfg.micro_batching)
 
-    app = FastAPI(title="lastpool", version=__version__, lifespan=_lifespan(batcher),
-                  description=f"Text classification with a lastpool model. Labels: {', '.join(labels)}.")
+    def split(items: list[Any]) -> tuple[list[str], list[str] | None]:
+        """A request's items: texts, or (text, second text) pairs for a model of pairs."""
+        if not pairs:
+            return items, None
+        return [a for a, _ in items], [b for _, b in items]
+
+    def encode(items: list[Any]) -> tuple[list[list[int]], list[int]]:
+        return encoder.encode_counted(*split(items))
+
+    def predict(items: list[Any], ids: list[list[int]]) -> np.ndarray:
+        texts, seconds = split(items)
+        return clf.logits(texts, token_ids=ids, text_pairs=seconds)
+
+    batcher = MicroBatcher(predict, encode, batch_wait_ms=cfg.batch_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
+                           max_batch_texts=cfg.max_batch_texts, enabled=cfg.micro_batching)
+    does = {"single": f"Text classification (one label per text) with a lastpool model. Labels: {', '.join(labels)}.",
+            "multilabel": f"Multi-label text classification (any labels per text) with a lastpool model. Labels: "
+                          f"{', '.join(labels)}.",
+            "regression": f"Text regression (a number per text: {labels[0]}) with a lastpool model."}[spec.task]
+    if pairs:
+        does += " It reads text pairs: give text_pairs beside texts."
+    app = FastAPI(title="lastpool", version=__version__, lifespan=_lifespan(batcher), description=does)
     app.state.batcher = batcher
     app.state.classifier = clf
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes, api_key=api_key)
@@ -312,31 +346,58 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name
         for i, text in enumerate(texts):
             if not text.strip():
                 raise APIError(422, "validation_error", f"texts.{i}: empty text")
+        items = _items(texts, body.text_pairs, pairs)
+        if body.top_k is not None and task.name == "regression":
+            raise APIError(422, "validation_error", "top_k does not apply to a regression model")
         if body.top_k is not None and not 1 <= body.top_k <= len(labels):
             raise APIError(422, "validation_error", f"top_k must be between 1 and {len(labels)} (got {body.top_k})")
         try:
-            probabilities, lengths = await batcher.submit(texts)
+            logits, lengths = await batcher.submit(items)
         except ModelCallError as exc:
             raise APIError(500, "model_error", f"the model failed on this batch: {exc}") from None
         except BatcherClosedError as exc:
             raise APIError(503, "unavailable", str(exc)) from None
-        results = [_result(row, labels, body.top_k, n > max_length) for row, n in zip(probabilities, lengths,
-                                                                                        strict=True)]
-        return ClassifyResponse(results=results, truncated_count=sum(r.truncated for r in results), model=ref)
+        results = _results(task, logits, body.top_k, [n > max_length for n in lengths])
+        return ClassifyResponse(task=task.name, results=results, truncated_count=sum(r.truncated for r in results),
+                                model=ref)
 
     app.include_router(v1)
     return app
 
 
-def _result(row: np.ndarray, labels: Sequence[str], top_k: int | None, truncated: bool) -> ClassifyResult:
-    values = [float(p) for p in row.tolist()]
-    best = max(range(len(labels)), key=values.__getitem__)
-    top = None
-    if top_k is not None:
-        order = sorted(range(len(labels)), key=lambda i: (-values[i], i))[:top_k]
-        top = [LabelProbability(label=labels[i], probability=values[i]) for i in order]
-    return ClassifyResult(label=labels[best], probabilities=dict(zip(labels, values, strict=True)), top_k=top,
-                          truncated=truncated)
+def _items(texts: list[str], pairs: list[str] | None, reads_pairs: bool) -> list[Any]:
+    """The request's inputs for the batcher: texts, or (text, second text) pairs; a mismatch is a 422."""
+    if reads_pairs and pairs is None:
+        raise APIError(422, "validation_error", "this model reads text pairs: give text_pairs beside texts")
+    if not reads_pairs and pairs is not None:
+        raise APIError(422, "validation_error", "this model reads single texts: leave out text_pairs")
+    if pairs is None:
+        return list(texts)
+    if len(pairs) != len(texts):
+        raise APIError(422, "validation_error", f"{len(texts)} texts but {len(pairs)} text_pairs")
+    for i, text in enumerate(pairs):
+        if not text.strip():
+            raise APIError(422, "validation_error", f"text_pairs.{i}: empty text")
+    return list(zip(texts, pairs, strict=True))
+
+
+def _results(task: Task, logits: np.ndarray, top_k: int | None, truncated: list[bool]) -> list[ClassifyResult]:
+    """Each row's answer in the task's terms: a label, a set of labels or a value, with probabilities."""
+    outputs = task.outputs(logits)
+    if task.name == "regression":
+        return [ClassifyResult(value=float(v), truncated=cut) for v, cut in zip(outputs, truncated, strict=True)]
+    labels = task.names
+    results = []
+    for row, output, cut in zip(task.probabilities(logits).tolist(), outputs, truncated, strict=True):
+        values = [float(p) for p in row]
+        top = None
+        if top_k is not None:
+            order = sorted(range(len(labels)), key=lambda i: (-values[i], i))[:top_k]
+            top = [LabelProbability(label=labels[i], probability=values[i]) for i in order]
+        chosen = {"labels": output} if task.name == "multilabel" else {"label": output}
+        results.append(ClassifyResult(**chosen, probabilities=dict(zip(labels, values, strict=True)), top_k=top,
+                                      truncated=cut))
+    return results
 
 
 # ------------------------------------------------------------------------------------------ serve

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -46,13 +46,16 @@ class BatcherStats:
     largest_batch_requests: int = 0
 
 
-Encode = Callable[[list[str]], tuple[list[list[int]], list[int]]]  # texts -> (ids, lengths before truncation)
-Predict = Callable[[list[str], list[list[int]]], np.ndarray]  # (texts, their ids) -> [N, C]
+# One input of a request: a text, or (for a model of pairs) a (text, second text) pair; only encode and
+# predict look inside.
+Item = Any
+Encode = Callable[[list[Item]], tuple[list[list[int]], list[int]]]  # items -> (ids, lengths before truncation)
+Predict = Callable[[list[Item], list[list[int]]], np.ndarray]  # (items, their ids) -> [N, C]
 
 
 @dataclass
 class _Pending:
-    texts: list[str]
+    texts: list[Item]
     ids: list[list[int]]
     tokens: int
     enqueued: float
@@ -137,7 +140,7 @@ class MicroBatcher:
             raise BatcherClosedError("the server is shutting down")
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
 
-    async def submit(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    async def submit(self, texts: Sequence[Item]) -> tuple[np.ndarray, list[int]]:
         """Probabilities [len(texts), C] for one request, and each text's token count before truncation.
 
         Raises ``ModelCallError`` when the model call that held these texts failed, and
@@ -158,7 +161,7 @@ class MicroBatcher:
         self._wakeup.set()
         return await future, lengths
 
-    def _predict_alone(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+    def _predict_alone(self, texts: list[Item]) -> tuple[np.ndarray, list[int]]:
         """Micro-batching off: encode and predict one request in one trip to the worker thread."""
         ids, lengths = self._encode(texts)
         self.stats.requests += 1

@@ -35,14 +35,21 @@ def label_words(labels: Sequence[str], names: Mapping[str, str] | None = None) -
     return [names.get(label) or plain_words(label) for label in labels]
 
 
-def parse_label_names(value: str) -> dict[str, str]:
-    """``0=negative,1=positive`` or a file of ``label=words`` lines (``#`` starts a comment)."""
+def parse_label_names(value: str) -> dict[str, str] | list[str]:
+    """``0=negative,1=positive`` or a file of ``label=words`` lines (``#`` starts a comment); or a file of one
+    name per line, none with ``=``: the names of the label ids 0, 1, 2, ... in line order (a list)."""
     path = Path(value)
     if "=" not in value or path.is_file():
         if not path.is_file():
             raise ConfigError(f"--label-names: {value!r} is neither label=words pairs nor an existing file")
-        items = [line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()]
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--label-names {path}: cannot read it as UTF-8 text ({exc})") from None
+        items = [line.split("#", 1)[0] for line in lines]
         where = str(path)
+        if not any("=" in item for item in items):
+            return _names_by_line(items, where)
     else:
         items, where = value.split(","), "--label-names"
     names: dict[str, str] = {}
@@ -57,6 +64,16 @@ def parse_label_names(value: str) -> dict[str, str]:
         names[label.strip()] = words.strip()
     if not names:
         raise ConfigError(f"{where}: no label=words pairs found")
+    return names
+
+
+def _names_by_line(lines: list[str], where: str) -> list[str]:
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise ConfigError(f"{where}: no label names found (one name per line)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: label name {dupes[0]!r} is on more than one line")
     return names
 
 

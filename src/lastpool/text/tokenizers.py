@@ -7,13 +7,14 @@ lastpool never uses it to find the pooled token, so tokenizers without a pad tok
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from lastpool.errors import ConfigError, ModelLoadError
+from lastpool.errors import ConfigError, DataError, ModelLoadError
 from lastpool.hub import load_failure, looks_local, offline
 
 PAD = "<pad>"
@@ -82,13 +83,22 @@ def load_pretrained_tokenizer(source: str, trust_remote_code: bool = False) -> P
 
 
 TEXT_SLOT = "{text}"
+PAIR_SLOT = "{text_pair}"  # the second text of a pair (``--text-pair-col``)
+_SLOTS = re.compile(r"\{text\}|\{text_pair\}")
 
 
 def check_prompt(prompt: str) -> str:
-    """A prompt template must hold the text slot exactly once."""
+    """A prompt template must hold the text slot exactly once (and the pair slot at most once)."""
     if prompt.count(TEXT_SLOT) != 1:
         raise ConfigError(f"prompt must contain {TEXT_SLOT} exactly once (got {prompt!r})")
+    if prompt.count(PAIR_SLOT) > 1:
+        raise ConfigError(f"prompt must contain {PAIR_SLOT} at most once (got {prompt!r})")
     return prompt
+
+
+def fill(template: str, text: str, pair: str | None = None) -> str:
+    """The template with its slots filled in one pass (a text that itself holds "{text}" stays as it is)."""
+    return _SLOTS.sub(lambda m: text if m.group(0) == TEXT_SLOT else (pair or ""), template)
 
 
 def _gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -118,7 +128,8 @@ class TextEncoder:
 
     The prompt wraps each text (``"{text}\nSentiment:"``), so that a pretrained decoder's last token is
     a question about the text rather than its final word; when a text is too long, the text is cut and
-    the prompt kept whole, since the last token is the one that is pooled.
+    the prompt kept whole, since the last token is the one that is pooled. A template that also holds
+    ``{text_pair}`` reads text pairs; a pair too long is cut in its longer text, a token at a time.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, prompt: str = TEXT_SLOT) -> None:
@@ -128,10 +139,15 @@ class TextEncoder:
         self.max_length = max_length
         self.prompt = check_prompt(prompt)
         if prompt != TEXT_SLOT:
-            empty = len(self._ids([self._wrap("")])[0])
+            empty = len(self._ids([self._wrap("", "")])[0])
             if empty >= max_length:
                 raise ConfigError(f"the prompt alone is {empty} tokens, leaving no room for text within "
                                   f"max_length {max_length}: shorten the prompt or raise --max-length")
+
+    @property
+    def pairs(self) -> bool:
+        """Whether this encoder reads text pairs (its template has the second text's slot)."""
+        return PAIR_SLOT in self.prompt
 
     @property
     def vocab_size(self) -> int:
@@ -145,8 +161,8 @@ class TextEncoder:
                 return int(candidate)
         return 0
 
-    def _wrap(self, text: str) -> str:
-        return self.prompt.replace(TEXT_SLOT, text)
+    def _wrap(self, text: str, pair: str | None = None) -> str:
+        return fill(self.prompt, text, pair)
 
     def _ids(self, texts: list[str], truncate: bool = False) -> list[list[int]]:
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=truncate,
@@ -154,18 +170,29 @@ class TextEncoder:
                                  return_attention_mask=False)
         return [list(ids) for ids in encoded["input_ids"]]
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, prompt and special tokens added, at most ``max_length``; no padding."""
+    def _check_pairs(self, texts: Sequence[str], pairs: Sequence[str] | None) -> list[str | None]:
+        if self.pairs and pairs is None:
+            raise DataError("this model reads text pairs: give each text's second text (--text-pair-col)")
+        if not self.pairs and pairs is not None:
+            raise DataError("this model reads single texts, not pairs: leave out the second texts")
+        if pairs is not None and len(pairs) != len(texts):
+            raise DataError(f"{len(texts)} texts but {len(pairs)} second texts")
+        return list(pairs) if pairs is not None else [None] * len(texts)
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[list[int]]:
+        """Token ids per text (or pair), prompt and special tokens added, at most ``max_length``; no padding."""
         if not texts:
             return []
-        if self.prompt == TEXT_SLOT:  # the tokenizer truncates in the same pass
+        if self.prompt == TEXT_SLOT and pairs is None:  # the tokenizer truncates in the same pass
             return self._ids(list(texts), truncate=True)
-        return self.encode_counted(texts)[0]
+        return self.encode_counted(texts, pairs)[0]
 
-    def encode_counted(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+    def encode_counted(self, texts: Sequence[str], pairs: Sequence[str] | None = None
+                       ) -> tuple[list[list[int]], list[int]]:
         """``encode``'s ids and ``lengths``' counts from one tokenizer pass (texts longer than
         ``max_length`` are cut and tokenized again): what a server needs for each request."""
-        rows = self._ids([self._wrap(text) for text in texts]) if texts else []
+        seconds = self._check_pairs(texts, pairs)
+        rows = self._ids([self._wrap(text, pair) for text, pair in zip(texts, seconds, strict=True)]) if texts else []
         lengths = [len(ids) for ids in rows]
         long = [i for i, n in enumerate(lengths) if n > self.max_length]
         if long and self.prompt == TEXT_SLOT:
@@ -173,26 +200,38 @@ class TextEncoder:
                 rows[i] = ids
         else:
             for i in long:
-                rows[i] = self._cut_to_fit(texts[i], lengths[i])
+                rows[i] = self._cut_to_fit(texts[i], seconds[i], lengths[i])
         return rows, lengths
 
-    def lengths(self, texts: Sequence[str]) -> list[int]:
+    def lengths(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list[int]:
         """Tokens per text (prompt and special tokens included) before truncation: what the report's
         length histogram and truncated share are about."""
         if not texts:
             return []
-        return [len(ids) for ids in self._ids([self._wrap(text) for text in texts])]
+        seconds = self._check_pairs(texts, pairs)
+        return [len(ids) for ids in self._ids([self._wrap(t, p) for t, p in zip(texts, seconds, strict=True)])]
 
-    def _cut_to_fit(self, text: str, length: int) -> list[int]:
-        """Drop tokens from the end of the text (not of the prompt) until the whole fits."""
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        keep = len(offsets) - (length - self.max_length)
+    def _offsets(self, text: str) -> list[tuple[int, int]]:
+        return list(self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"])
+
+    def _cut_to_fit(self, text: str, pair: str | None, length: int) -> list[int]:
+        """Drop tokens from the end of the text (of a pair: of the longer of its two texts), never of the
+        prompt, until the whole fits."""
+        parts = [text] if pair is None else [text, pair]
+        offsets = [self._offsets(part) for part in parts]
+        keep = [len(o) for o in offsets]
+        excess = length - self.max_length
         while True:
-            cut = text[: offsets[keep - 1][1]] if keep > 0 else ""
-            ids = self._ids([self._wrap(cut)])[0]
-            if len(ids) <= self.max_length or keep <= 0:
+            for _ in range(max(excess, 1)):  # a token at a time from the longer text (longest first)
+                k = max(range(len(keep)), key=lambda j: keep[j])
+                if keep[k] <= 0:
+                    break
+                keep[k] -= 1
+            cut = [part[: o[n - 1][1]] if n > 0 else "" for part, o, n in zip(parts, offsets, keep, strict=True)]
+            ids = self._ids([self._wrap(cut[0], cut[1] if pair is not None else None)])[0]
+            if len(ids) <= self.max_length or not any(keep):
                 return ids[: self.max_length]
-            keep -= 1
+            excess = 1  # token merges at the cut: one more at a time, so no more is cut than needed
 
     def save(self, folder: Path) -> None:
         self.tokenizer.save_pretrained(str(folder))

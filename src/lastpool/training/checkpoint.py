@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,8 @@ class Checkpoint:
         return int(self.state["step"])
 
 
-def data_fingerprint(train_ids: list[list[int]], train_labels: list[int], val_ids: list[list[int]],
-                     val_labels: list[int]) -> str:
+def data_fingerprint(train_ids: list[list[int]], train_labels: Sequence[Any], val_ids: list[list[int]],
+                     val_labels: Sequence[Any]) -> str:
     """A hash of the exact token ids and labels a run trains and validates on."""
     digest = hashlib.sha256()
     for ids, labels in ((train_ids, train_labels), (val_ids, val_labels)):

@@ -18,14 +18,20 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
+from lastpool.evaluation.metrics import metric_title
+from lastpool.tasks import Task
 from lastpool.training.run_state import TrainResult
+
+SHORT = {"accuracy": "acc"}  # the epoch line's names, where shorter than the metric's own
 
 
 class TrainingDisplay:
     """The progress bar and the epoch lines of one run (a context manager: the bar lives inside it)."""
 
-    def __init__(self, console: Console, epochs: int, total_steps: int, shown: bool) -> None:
+    def __init__(self, console: Console, epochs: int, total_steps: int, shown: bool, objective: Task) -> None:
         self.console, self.epochs, self.total_steps, self.shown = console, epochs, total_steps, shown
+        self.shown_metrics = objective.headline
+        self.main_metric = objective.main_metric
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"),
@@ -61,18 +67,20 @@ class TrainingDisplay:
 
     def epoch_done(self, record: dict[str, Any], best: bool) -> None:
         mark = " [green]*best[/green]" if best else ""
+        scores = "  ".join(f"{SHORT.get(name, name)} {record[f'val_{name}']:.4f}" for name in self.shown_metrics)
         self.note(f"epoch {record['epoch']:>3}/{self.epochs}  train_loss {record['train_loss']:.4f}  "
-                  f"val_loss {record['val_loss']:.4f}  acc {record['val_accuracy']:.4f}  "
-                  f"macro_f1 {record['val_macro_f1']:.4f}  {record['seconds']:.1f}s{mark}")
+                  f"val_loss {record['val_loss']:.4f}  {scores}  {record['seconds']:.1f}s{mark}")
 
     def history(self, result: TrainResult) -> None:
         if not self.shown:
             return
-        table = RichTable(title=f"training (best epoch {result.best_epoch}, by validation macro-F1)")
-        for column in ("epoch", "train loss", "val loss", "accuracy", "macro-F1", "seconds"):
+        table = RichTable(title=f"training (best epoch {result.best_epoch}, by validation "
+                                f"{metric_title(self.main_metric)})")
+        for column in ("epoch", "train loss", "val loss", *map(metric_title, self.shown_metrics), "seconds"):
             table.add_column(column, justify="right")
         for r in result.history:
             style = "bold green" if r["epoch"] == result.best_epoch else None
             table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", f"{r['val_loss']:.4f}",
-                          f"{r['val_accuracy']:.4f}", f"{r['val_macro_f1']:.4f}", f"{r['seconds']:.1f}", style=style)
+                          *(f"{r[f'val_{name}']:.4f}" for name in self.shown_metrics), f"{r['seconds']:.1f}",
+                          style=style)
         self.console.print(table)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from lastpool.data.batching import Target
 from lastpool.fileio import default_cache_dir, staged_file
 from lastpool.models.backbones import decoder_blocks
 from lastpool.models.classifier_model import SequenceClassifier
@@ -29,10 +30,10 @@ from lastpool.training.inference import batched_forward, inference_module
 FEATURE_METHOD = 2  # bump when extraction changes numerically (2: bf16 weights instead of autocast)
 
 
-class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Pooled feature vectors [N, D] and integer labels; every item has 'length' 1 for the sampler."""
+class FeatureDataset(Dataset[tuple[torch.Tensor, Target]]):
+    """Pooled feature vectors [N, D] and their targets; every item has 'length' 1 for the sampler."""
 
-    def __init__(self, features: torch.Tensor, labels: Sequence[int]) -> None:
+    def __init__(self, features: torch.Tensor, labels: Sequence[Target]) -> None:
         if features.shape[0] != len(labels):
             raise ValueError("features and labels differ in length")
         self.features = features
@@ -41,7 +42,7 @@ class FeatureDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         return self.features[index], self.labels[index]
 
     @property

@@ -76,10 +76,3 @@ def predict_logits(
     if not ids:
         return np.zeros((0, 0), dtype=np.float32)
     return batched_forward(model, model, ids, pad_token_id, padding_side).numpy()
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = logits / temperature
-    scaled = scaled - scaled.max(axis=-1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=-1, keepdims=True)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lastpool.config import RunConfig
-from lastpool.data.batching import EncodedDataset, TokenDropoutCollator
+from lastpool.data.batching import EncodedDataset, Target, TokenDropoutCollator, target_tensor
 from lastpool.training.checkpoint import data_fingerprint
 from lastpool.training.features import FeatureDataset
 from lastpool.training.inference import predict_logits
@@ -30,7 +30,7 @@ TrainData = EncodedDataset | FeatureDataset | HiddenStates
 class TrainInputs(Protocol):
     """One split of a run's data, as the training loop uses it."""
 
-    labels: list[int]
+    labels: list[Target]
     # Whether the model's decoder blocks run on these inputs (tokens, hidden states): then bf16 master
     # weights, FSDP and compiled blocks apply; a probe's head on pooled features has none.
     runs_blocks: bool
@@ -78,7 +78,7 @@ class TokenInputs(_DatasetInputs[EncodedDataset]):
 
     def __init__(self, data: EncodedDataset, pad_token_id: int, padding_side: str, token_dropout: float = 0.0,
                  seed: int = 0) -> None:
-        self.data, self.labels = data, data.labels
+        self.data, self.labels = data, list(data.labels)
         self.pad_token_id, self.padding_side = pad_token_id, padding_side
         self.collate = TokenDropoutCollator(pad_token_id, padding_side, rate=token_dropout, seed=seed)
         self.generator: torch.Generator | None = self.collate.generator
@@ -104,7 +104,7 @@ class FeatureInputs(_DatasetInputs[FeatureDataset]):
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         return {"features": self.data.features[list(indices)],
-                "labels": torch.tensor([self.labels[i] for i in indices], dtype=torch.long)}
+                "labels": target_tensor([self.labels[i] for i in indices])}
 
     @torch.inference_mode()
     def predict(self, model: nn.Module, indices: Sequence[int]) -> np.ndarray:

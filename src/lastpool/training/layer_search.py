@@ -10,12 +10,13 @@ measurement); the best block wins.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from rich.progress import Progress
-from sklearn.linear_model import RidgeClassifierCV
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.linear_model import RidgeClassifierCV, RidgeCV
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -50,9 +51,16 @@ def pooled_every_layer(backbone: HFBackbone, pooling: str, ids: Sequence[list[in
                                on_batch=lambda n: progress.advance(task, n))
 
 
-def score_layers(features: torch.Tensor, labels: Sequence[int], seed: int = 0, folds: int = 3) -> list[float]:
-    """Cross-validated accuracy of a standardized ridge probe on each layer's features (training data only)."""
+def score_layers(features: torch.Tensor, labels: Sequence[Any], seed: int = 0, folds: int = 3,
+                 classes: bool = True) -> list[float]:
+    """Cross-validated accuracy of a standardized ridge probe on each layer's features (training data only);
+    not ``classes`` (multi-label 0/1 rows, or values): the R² of a ridge regression onto the targets."""
     y = np.asarray(labels)
+    if not classes:
+        return [float(cross_val_score(make_pipeline(StandardScaler(), RidgeCV(alphas=PROBE_ALPHAS)),
+                                      features[:, layer].numpy().astype(np.float64), y,
+                                      cv=KFold(n_splits=folds, shuffle=True, random_state=seed)).mean())
+                for layer in range(features.shape[1])]
     folds = max(2, min(folds, int(np.bincount(y).min()))) if np.bincount(y).min() >= 2 else 0
     scores = []
     for layer in range(features.shape[1]):

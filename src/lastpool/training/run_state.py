@@ -148,12 +148,15 @@ class TrainingRun:
             return self.master.trainable_state()
         return {name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad}
 
-    def end_epoch(self, metrics: dict[str, Any], logits: np.ndarray, record: dict[str, Any]) -> bool:
-        """Record the finished epoch and keep its weights when it is the best so far; returns whether it is."""
+    def end_epoch(self, metrics: dict[str, Any], logits: np.ndarray, record: dict[str, Any], main: str) -> bool:
+        """Record the finished epoch and keep its weights when its ``main`` score is the best so far (the first
+        epoch always is, even with an undefined score); returns whether it is."""
         position, result = self.position, self.result
-        improved = metrics["macro_f1"] > position.best_f1
+        score = float(metrics[main])
+        score = -math.inf if math.isnan(score) else score
+        improved = result.best_epoch == 0 or score > position.best_f1
         if improved:
-            position.best_f1 = metrics["macro_f1"]
+            position.best_f1 = score
             result.best_epoch = position.epoch + 1
             result.val_metrics, result.val_logits = metrics, logits
             self.best = self.trainable_state()

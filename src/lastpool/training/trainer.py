@@ -1,7 +1,8 @@
 """The training loop, on Accelerate so the same code runs on one CPU process or many GPUs.
 
 AdamW, linear warmup then cosine decay, gradient clipping and accumulation, length-bucketed batches,
-evaluation every epoch, and the best epoch by validation macro-F1 kept. With several processes (DDP) every
+evaluation every epoch, and the best epoch by the task's main validation score kept (the loss and the
+scores are the task's: lastpool/tasks). With several processes (DDP) every
 process computes the same global batches and takes its share of each, so the global batch and the
 gradient are what one process would get. Each step reads back one flag (is the loss finite, was a stop
 requested) before the update is applied; the loss itself is read only when the progress bar refreshes.
@@ -21,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from rich.console import Console
@@ -31,26 +31,17 @@ from lastpool.config import Precision, RunConfig
 from lastpool.data.batching import LengthBucketSampler
 from lastpool.distributed import under_launcher
 from lastpool.errors import ConfigError, TrainingStopped
-from lastpool.evaluation.metrics import classification_metrics
+from lastpool.tasks import Task
 from lastpool.training.checkpoint import Checkpoint, CheckpointSettings, check_checkpoint_space
 from lastpool.training.compilation import compiled_blocks, eager
 from lastpool.training.display import TrainingDisplay
-from lastpool.training.inference import softmax
 from lastpool.training.inputs import TrainData, TrainInputs, train_inputs
 from lastpool.training.optimization import clip_gradients
 from lastpool.training.precision import MasterWeights, attention_for_training
 from lastpool.training.run_state import TrainingRun, TrainResult, total_steps
 from lastpool.training.signals import StopRequests
 
-__all__ = ["TrainData", "TrainResult", "Trainer", "evaluate_logits"]
-
-
-def evaluate_logits(logits: np.ndarray, labels: list[int], label_names: list[str]) -> dict[str, Any]:
-    probabilities = softmax(logits)
-    predictions = probabilities.argmax(axis=-1).tolist()
-    metrics = classification_metrics(labels, predictions, label_names, probabilities)
-    metrics["loss"] = metrics.get("log_loss", float("nan"))
-    return metrics
+__all__ = ["TrainData", "TrainResult", "Trainer"]
 
 
 class Trainer:
@@ -62,12 +53,12 @@ class Trainer:
     before the step that produced it is applied, naming the step.
     """
 
-    def __init__(self, config: RunConfig, pad_token_id: int, label_names: list[str], quiet: bool = False,
+    def __init__(self, config: RunConfig, pad_token_id: int, task: Task, quiet: bool = False,
                  console: Console | None = None, precision: Precision = "fp32",
                  checkpoints: CheckpointSettings | None = None, resume: Checkpoint | None = None) -> None:
         self.config = config
         self.pad_token_id = pad_token_id
-        self.label_names = label_names
+        self.task = task
         self.quiet = quiet
         self.precision = precision
         self.checkpoints = checkpoints
@@ -112,7 +103,7 @@ class Trainer:
         assert isinstance(cfg.epochs, int)  # total_steps refuses an unresolved "auto"
         shown = not self.quiet and accelerator.is_main_process
         with StopRequests(enabled=self.checkpoints is not None) as stop, \
-                TrainingDisplay(self.console, cfg.epochs, steps, shown) as display:
+                TrainingDisplay(self.console, cfg.epochs, steps, shown, self.task) as display:
             if run.sharded:
                 display.note(f"sharded with FSDP over {world} processes")
             display.start(run.result.optimizer_steps, run.position.epoch)
@@ -167,7 +158,7 @@ class Trainer:
     def _accumulate(self, run: TrainingRun, group: Sequence[list[int]], rows: int) -> torch.Tensor:
         """Forward and backward over one optimizer step's micro-batches; the summed loss of this process's
         rows. Each process takes its share of every global batch."""
-        accelerator, cfg = run.accelerator, self.config
+        accelerator = run.accelerator
         world, rank = accelerator.num_processes, accelerator.process_index
         step_loss = torch.zeros((), device=accelerator.device)
         for j, indices in enumerate(group):
@@ -178,8 +169,7 @@ class Trainer:
             last = world == 1 or run.sharded or j == len(group) - 1
             syncing: Any = nullcontext() if last else run.stepped.no_sync()  # type: ignore[operator]
             with syncing:
-                summed = F.cross_entropy(run.stepped(**batch).float(), labels, label_smoothing=cfg.label_smoothing,
-                                         reduction="sum")
+                summed = self.task.loss(run.stepped(**batch).float(), labels)
                 # The mean over the whole step's rows, on all processes together (DDP averages gradients
                 # over processes, hence x world).
                 (summed * (world / rows)).backward()
@@ -196,18 +186,17 @@ class Trainer:
         total_loss = accelerator.reduce(run.loss_sum.clone(), "sum") if accelerator.num_processes > 1 else run.loss_sum
         with eager():  # validation never compiles (evaluation mode would be a second graph)
             logits = self._validation_logits(run, val)
-        metrics = evaluate_logits(logits, val.labels, self.label_names)
+        metrics = self.task.evaluate(logits, np.asarray(val.labels))
         record = {
             "epoch": position.epoch + 1,
             "train_loss": float(total_loss.item()) / max(position.seen, 1),
             "val_loss": metrics["loss"],
-            "val_accuracy": metrics["accuracy"],
-            "val_macro_f1": metrics["macro_f1"],
+            **{f"val_{name}": metrics[name] for name in dict.fromkeys((*self.task.headline, self.task.main_metric))},
             "seconds": position.epoch_seconds,
             "lr": float(run.scheduler.get_last_lr()[0]),
             "steps": result.optimizer_steps,
         }
-        improved = run.end_epoch(metrics, logits, record)
+        improved = run.end_epoch(metrics, logits, record, self.task.main_metric)
         display.epoch_done(record, improved)
         self._save(run, "epoch")
 
@@ -229,7 +218,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _out_of_patience(self, run: TrainingRun) -> bool:
-        """Early stopping: ``patience`` finished epochs in a row without a better validation macro-F1 (derived
+        """Early stopping: ``patience`` finished epochs in a row without a better main validation score (derived
         from the history, so a resumed run stops where the uninterrupted one would)."""
         patience, best = self.config.patience, run.result.best_epoch
         return patience is not None and best > 0 and run.position.epoch - best >= patience

@@ -23,7 +23,7 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import Dataset
 
-from lastpool.data.batching import PaddingCollator, rows_in_input_order, token_budget_batches
+from lastpool.data.batching import PaddingCollator, Target, rows_in_input_order, target_tensor, token_budget_batches
 from lastpool.models.backbones import HFBackbone, decoder_blocks, running_blocks
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import position_ids_from_mask
@@ -33,11 +33,11 @@ CHECK_TEXTS = 8  # texts the reproduction check runs (the longest of the first 6
 CHECK_TOLERANCE = 1e-3  # of the pooled vector's largest value, in float32
 
 
-class HiddenStates(Dataset[tuple[torch.Tensor, int]]):
+class HiddenStates(Dataset[tuple[torch.Tensor, Target]]):
     """Each text's hidden states [T_i, D] after the last frozen block, its label and its token ids (which
     identify the data for checkpoints)."""
 
-    def __init__(self, hidden: Sequence[torch.Tensor], labels: Sequence[int], ids: Sequence[list[int]]) -> None:
+    def __init__(self, hidden: Sequence[torch.Tensor], labels: Sequence[Target], ids: Sequence[list[int]]) -> None:
         if not len(hidden) == len(labels) == len(ids):
             raise ValueError("hidden states, labels and ids differ in length")
         self.hidden = list(hidden)
@@ -47,7 +47,7 @@ class HiddenStates(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         return self.hidden[index], self.labels[index]
 
     @property
@@ -63,7 +63,7 @@ class HiddenCollator:
             raise ValueError("padding_side must be 'right' or 'left'")
         self.padding_side = padding_side
 
-    def __call__(self, rows: Sequence[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[tuple[torch.Tensor, Target]]) -> dict[str, torch.Tensor]:
         longest = max(hidden.shape[0] for hidden, _ in rows)
         first = rows[0][0]
         embeds = torch.zeros((len(rows), longest, first.shape[1]), dtype=first.dtype)
@@ -73,8 +73,7 @@ class HiddenCollator:
             span = slice(0, n) if self.padding_side == "right" else slice(longest - n, longest)
             embeds[row, span] = hidden
             mask[row, span] = 1
-        labels = torch.tensor([label for _, label in rows], dtype=torch.long)
-        return {"inputs_embeds": embeds, "attention_mask": mask, "labels": labels}
+        return {"inputs_embeds": embeds, "attention_mask": mask, "labels": target_tensor([label for _, label in rows])}
 
 
 class UpperBlocks(nn.Module):
