@@ -90,10 +90,11 @@ def test_compare_needs_two_values_and_valid_settings(tmp_path: Path, capsys: pyt
 
 
 def _fake_cv(scores: dict[str, list[float]]) -> Any:
-    def fake(config: RunConfig, texts: Any, labels: Any, folds: int, seeds: Any, on_run: Any = None) -> dict:
+    def fake(config: RunConfig, texts: Any, labels: Any, folds: int, seeds: Any, on_run: Any = None,
+             text_pairs: Any = None) -> dict:
         values = scores[config.pooling]
         runs = [{"scores": {"accuracy": v}} for v in values]
-        return {"runs": runs, "summary": {"accuracy": summarize(values)}}
+        return {"task": "single", "runs": runs, "summary": {"accuracy": summarize(values)}}
     return fake
 
 

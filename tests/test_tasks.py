@@ -447,3 +447,37 @@ def test_lora_models_reload_with_their_head(task: str, llama: Path, texts: list[
     again = Classifier.load(clf.save(tmp_path / "lora"))
     sample = sentences(10, seed=70)
     assert np.array_equal(again.logits(sample), clf.logits(sample)) and again.predict(sample) == clf.predict(sample)
+
+
+@pytest.mark.parametrize("mode", ["probe", "top-1", "lora", "zeroshot"])
+def test_pairs_work_in_every_mode(mode: str, llama: Path, texts: list[str], tmp_path: Path) -> None:
+    """Pairs are the template's second slot, so each mode reads them; the saved model predicts the same."""
+    from tests.test_pretrained import TINY
+
+    seconds = sentences(len(texts), seed=3, words=3)
+    same = ["good" if a.split()[0] == b.split()[0] else "bad" for a, b in zip(texts, seconds, strict=True)]
+    clf = Classifier(model=str(llama), mode=mode, **TINY).fit(texts, same, text_pairs=seconds)
+    again = Classifier.load(clf.save(tmp_path / mode))
+    firsts, pairs = sentences(6, seed=80), sentences(6, seed=81, words=2)
+    assert np.array_equal(again.logits(firsts, text_pairs=pairs), clf.logits(firsts, text_pairs=pairs))
+    assert set(clf.predict(firsts, text_pairs=pairs)) <= {"good", "bad"}
+
+
+def test_the_model_card_says_what_each_task_predicts(fitted: dict[str, Classifier], tmp_path: Path) -> None:
+    for task, words in (("multilabel", "any of 3 labels"), ("regression", "predicts one number per text")):
+        card = (fitted[task].save(tmp_path / task) / "README.md").read_text()
+        assert words in card and ("Calibration" in card) == (task == "multilabel")  # per-label temperatures
+        assert ("Pearson" in card) == (task == "regression") and ("micro-F1" in card) == (task == "multilabel")
+
+
+def test_per_label_temperatures_lower_the_validation_log_loss(fitted: dict[str, Classifier]) -> None:
+    """Multi-label calibration: a temperature per label, never a worse validation log loss, and the
+    calibrated probabilities are what predict_proba and the saved thresholds use."""
+    from lastpool.tasks.multilabel import sigmoid
+
+    clf = fitted["multilabel"]
+    assert clf.spec is not None and clf.spec.temperatures is not None and clf.calibration is not None
+    assert clf.calibration["log_loss_after"] <= clf.calibration["log_loss_before"]
+    sample = sentences(8, seed=90)
+    raw = clf.logits(sample)
+    np.testing.assert_allclose(clf.predict_proba(sample), sigmoid(raw / np.asarray(clf.spec.temperatures)))

@@ -136,6 +136,7 @@ class ModelSpec(BaseModel):
     lora: LoraSpec | None = None
     fusion: FusionSpec | None = None  # None: the LM alone
     thresholds: list[float] | None = None  # multi-label: each label's decision threshold on its probability
+    temperatures: list[float] | None = None  # multi-label: each label's calibration temperature
     metrics: dict[str, Any] = Field(default_factory=dict)
     # The resolved RunConfig it was trained with (``Classifier.load`` restores it); None in older folders.
     config: dict[str, Any] | None = None
@@ -153,13 +154,16 @@ class ModelSpec(BaseModel):
             raise ValueError("a single-label model needs at least two labels")
         if self.task == "regression" and len(self.labels) != 1:
             raise ValueError("a regression model has one output (one name in labels)")
-        if self.thresholds is not None and len(self.thresholds) != len(self.labels):
-            raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+        for name, values in (("thresholds", self.thresholds), ("temperatures", self.temperatures)):
+            if values is not None and len(values) != len(self.labels):
+                raise ValueError(f"{len(values)} {name} for {len(self.labels)} labels")
+        if self.temperatures is not None and not all(t > 0 for t in self.temperatures):
+            raise ValueError("temperatures must be positive")
         return self
 
     def task_object(self) -> Task:
         """The task this model does, with its calibration and thresholds."""
-        return task_for_model(self.task, self.labels, self.temperature, self.thresholds)
+        return task_for_model(self.task, self.labels, self.temperature, self.thresholds, self.temperatures)
 
 
 def build_backbone(spec: ScratchBackboneSpec | PretrainedBackboneSpec) -> GPTBackbone | HFBackbone:

@@ -39,7 +39,14 @@ from lastpool.data.split import stratified_split
 from lastpool.distributed import under_launcher
 from lastpool.errors import ConfigError, DataError, ModelLoadError
 from lastpool.evaluation.baseline import fit_baseline, fit_task_baseline
-from lastpool.evaluation.calibration import expected_calibration_error, fit_temperature, nll, softmax
+from lastpool.evaluation.calibration import (
+    binary_log_loss,
+    expected_calibration_error,
+    fit_label_temperatures,
+    fit_temperature,
+    nll,
+    softmax,
+)
 from lastpool.evaluation.model_card import model_card
 from lastpool.fileio import staged_dir
 from lastpool.models.backbones import HFBackbone, decoder_blocks, load_backbone, middle_block, truncate_backbone
@@ -227,10 +234,14 @@ class TrainingSplit:
                    train_pairs=pick(checked_pairs, train_idx), val_pairs=pick(checked_pairs, val_idx), task_note=note)
 
 
-def _resolved_task(cfg: RunConfig, task: TaskName) -> RunConfig:
-    """``cfg`` with ``task: auto`` replaced by the task the labels chose (checked again, as given)."""
-    return make_config({**cfg.model_dump(exclude_unset=True), "task": task,
-                        "from_recipe": cfg.from_recipe}, source="Classifier")
+def _for_task(cfg: RunConfig, task: TaskName) -> RunConfig:
+    """``cfg`` for the run's task: ``task: auto`` replaced by the task the labels chose, and a regression's head
+    given a bias where the recipe (not the user) left it out, since the bias holds the targets' mean (checked
+    again, as given)."""
+    values = {**cfg.model_dump(exclude_unset=True), "task": task, "from_recipe": cfg.from_recipe}
+    if task == "regression" and not cfg.head_bias and "head_bias" in cfg.from_recipe:
+        values["head_bias"] = True
+    return make_config(values, source="Classifier") if values != cfg.model_dump(exclude_unset=True) else cfg
 
 
 def _class_ids(targets: list[Target]) -> list[int]:
@@ -359,7 +370,8 @@ def _zero_shot(model: SequenceClassifier, spec: ModelSpec, encoder: TextEncoder,
     becomes the contextual calibration, and the validation split is scored as a kept epoch would be."""
     model.eval()
     runner = inference_module(model, spec.precision)
-    content_free = [ids for ids in encoder.encode(list(CONTENT_FREE)) if ids]
+    free = list(CONTENT_FREE)  # a model of pairs reads each content-free text as both halves of a pair
+    content_free = [ids for ids in encoder.encode(free, free if encoder.pairs else None) if ids]
     with torch.no_grad():  # the head bias starts at zero: these are the label words' raw scores
         assert model.head.bias is not None and runner.head.bias is not None  # the config requires the bias
         logits = predict_logits(runner, content_free, encoder.pad_token_id, spec.padding_side)
@@ -433,12 +445,12 @@ class Classifier:
         says (``auto``: as the labels make plain). ``text_pairs``: each text's second text, for tasks on
         pairs. ``checkpoints``: save training checkpoints there (steps, epoch ends, Ctrl-C; the disk is
         checked for room first); ``resume``: continue from one (the same texts, labels and settings)."""
-        split = TrainingSplit.of(self.config, texts, labels, eval_texts, eval_labels, data_name, eval_name,
-                                 text_pairs, eval_text_pairs)
-        cfg = self.config
-        self.task_note = split.task_note
-        if cfg.task == AUTO:  # resolved here, like the epochs: config.yaml records what the run did
-            cfg = self.config = _resolved_task(cfg, split.task.name)
+        task, self.task_note = (infer_task(list(labels)) if self.config.task == AUTO
+                                else (cast(TaskName, self.config.task), None))
+        # resolved here, like the epochs: config.yaml records what the run did
+        cfg = self.config = _for_task(self.config, task)
+        split = TrainingSplit.of(cfg, texts, labels, eval_texts, eval_labels, data_name, eval_name, text_pairs,
+                                 eval_text_pairs)
         if cfg.epochs == AUTO:  # resolved here, where the data size is known; config.yaml records the number
             epochs = auto_epochs(len(split.train_texts), len(split.names), cfg.batch_size)
             cfg = self.config = cfg.model_copy(update={"epochs": epochs})
@@ -540,6 +552,8 @@ class Classifier:
         head, and the resolved config; the validation logits for the report."""
         assert self.result is not None
         task, result = split.task, self.result
+        if task.name == "multilabel" and cfg.calibrate and result.val_logits is not None:
+            calibration = self._calibrate_labels(spec, split)
         spec.metrics = {**{f"val_{name}": result.val_metrics.get(name)
                            for name in dict.fromkeys((*task.headline, task.main_metric))},
                         "best_epoch": result.best_epoch}
@@ -554,6 +568,8 @@ class Classifier:
             spec.metrics["target_scale"] = {"mean": task.mean, "std": task.std}
         if task.name == "multilabel":
             spec.thresholds = [float(t) for t in result.val_metrics["thresholds"]]
+            if spec.temperatures is not None:
+                spec.metrics["calibration"] = calibration
         self.validation = {"texts": split.val_texts, "pairs": split.val_pairs, "labels": list(split.val_y),
                            "logits": result.val_logits}
         spec.metrics["val_n"] = len(split.val_y)
@@ -561,6 +577,18 @@ class Classifier:
         if cfg.calibrate and task.name == "single" and result.val_logits is not None:
             spec.temperature, spec.metrics["calibration"] = calibrate(result.val_logits, _class_ids(split.val_y))
         spec.config = cfg.model_dump(mode="json")
+
+    def _calibrate_labels(self, spec: ModelSpec, split: TrainingSplit) -> dict[str, Any]:
+        """Multi-label calibration: a temperature per label fitted on the validation logits (its binary log
+        loss), then the thresholds chosen again on the calibrated probabilities; the record of it."""
+        assert self.result is not None and self.result.val_logits is not None
+        logits, truth = self.result.val_logits, np.asarray(split.val_y)
+        spec.temperatures = fit_label_temperatures(logits, truth)
+        calibrated = task_for_model("multilabel", split.names, temperatures=spec.temperatures)
+        self.result.val_metrics = calibrated.evaluate(logits, truth)
+        return {"temperatures": dict(zip(split.names, spec.temperatures, strict=True)),
+                "log_loss_before": binary_log_loss(logits, truth),
+                "log_loss_after": binary_log_loss(logits, truth, np.asarray(spec.temperatures))}
 
     def _fuse(self, cfg: RunConfig, bow: BagOfWords, spec: ModelSpec, val_texts: list[str], val_y: list[int],
               names: list[str]) -> None:

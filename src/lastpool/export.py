@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from lastpool.artifact import PretrainedBackboneSpec, language_model_spec
+from lastpool.artifact import ModelSpec, PretrainedBackboneSpec, language_model_spec
 from lastpool.data.batching import PaddingCollator, rows_in_input_order
 from lastpool.errors import ConfigError, ModelLoadError
 from lastpool.fileio import staged_dir, staged_file
@@ -129,8 +129,9 @@ def export_hf(clf: Classifier, folder: Path) -> Path:
         raise ConfigError(f"cannot export to transformers: no sequence-classification class for "
                           f"{config.model_type!r} ({exc})") from None
     getattr(hf, hf.base_model_prefix).load_state_dict(base.state_dict(), strict=True)
+    scale = _temperatures(spec)
     with torch.no_grad():
-        hf.score.weight.copy_(model.head.weight / spec.temperature)
+        hf.score.weight.copy_(model.head.weight / scale[:, None])
     hf.eval()
     with staged_dir(folder, replace=True) as tmp:
         hf.save_pretrained(str(tmp), safe_serialization=True)
@@ -143,10 +144,17 @@ def export_hf(clf: Classifier, folder: Path) -> Path:
         reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp), dtype=torch.float32).eval()
         ids, mask = _batch(clf, CHECK_TEXTS, "right")
         with torch.no_grad():
-            expected = model(ids, mask) / spec.temperature
+            expected = model(ids, mask) / scale
             got = reloaded(input_ids=ids, attention_mask=mask).logits
         _check_close(got.numpy(), expected.numpy(), "transformers export (a right-padded batch)")
     return folder
+
+
+def _temperatures(spec: ModelSpec) -> torch.Tensor:
+    """Each output's temperature (one for all classes; a multi-label model's own per label), to fold into the
+    score rows, so that transformers' softmax or sigmoid gives lastpool's calibrated probabilities."""
+    values = spec.temperatures if spec.temperatures is not None else [spec.temperature] * len(spec.labels)
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def _check_close(got: np.ndarray, expected: np.ndarray, what: str) -> None:
@@ -221,7 +229,6 @@ class OnnxClassifier:
         from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
 
-        from lastpool.artifact import ModelSpec
         from lastpool.text.tokenizers import TextEncoder
 
         if not path.is_file():

@@ -57,14 +57,13 @@ class TableLayout:
 
 @dataclass(frozen=True)
 class Table:
-    """Texts (and, for pairs, their second texts) with optional labels, plus where they came from and where
-    each row is (for messages)."""
+    """Texts (and, for pairs, their second texts) with optional labels, plus where they came from (for
+    messages)."""
 
     texts: list[str]
     labels: list[Any] | None  # label names; lists of them (multi-label); numbers (regression)
     source: str
     pairs: list[str] | None = None
-    where: list[str] | None = None  # "line 7" / "row 3" per row
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -361,9 +360,9 @@ def _build(raw: _Raw, name: str, layout: TableLayout, require_labels: bool) -> T
     pairs = ([_text_value(v, name, where, f"second text (column '{pair}')")
               for v, where in zip(raw.data[pair], raw.where, strict=True)] if pair is not None else None)
     if label_cols:
-        return Table(texts, _indicator_labels(raw, name, label_cols), name, pairs, raw.where)
+        return Table(texts, _indicator_labels(raw, name, label_cols), name, pairs)
     if lab is None:
-        return Table(texts, None, name, pairs, raw.where)
+        return Table(texts, None, name, pairs)
     labels: list[Any] = []
     for value, where in zip(raw.data[lab], raw.where, strict=True):
         listed = layout.label_sep is not None or isinstance(value, (list, tuple, np.ndarray))
@@ -374,7 +373,7 @@ def _build(raw: _Raw, name: str, layout: TableLayout, require_labels: bool) -> T
             label = _number(label, name, where)
         labels.append(label)
     complete = [label for label in labels if label is not None and label != []]
-    return Table(texts, complete if len(complete) == len(labels) else None, name, pairs, raw.where)
+    return Table(texts, complete if len(complete) == len(labels) else None, name, pairs)
 
 
 def _label_list(value: Any, sep: str) -> list[str] | None:

@@ -67,3 +67,29 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = scaled - scaled.max(axis=-1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def binary_log_loss(logits: np.ndarray, targets: np.ndarray, temperatures: np.ndarray | float = 1.0) -> float:
+    """Mean binary cross-entropy of sigmoid(logits / temperature) against 0/1 targets (all labels, all rows)."""
+    z = np.asarray(logits, dtype=np.float64) / temperatures
+    y = np.asarray(targets, dtype=np.float64)
+    # log(1 + e^-|z|) + max(z, 0) - y z: the stable form of -[y log s(z) + (1 - y) log(1 - s(z))]
+    return float((np.logaddexp(0.0, -np.abs(z)) + np.maximum(z, 0.0) - y * z).mean())
+
+
+def fit_label_temperatures(logits: np.ndarray, targets: np.ndarray) -> list[float]:
+    """One temperature per label (column) in [0.05, 20] minimising that label's binary log loss; 1.0 for a
+    label whose validation rows are all positive or all negative (nothing to calibrate against)."""
+    temperatures = []
+    for k in range(targets.shape[1]):
+        column, truth = logits[:, k], targets[:, k]
+        if not 0 < truth.sum() < len(truth):
+            temperatures.append(1.0)
+            continue
+        def loss(log_t: float, column: np.ndarray = column, truth: np.ndarray = truth) -> float:
+            return binary_log_loss(column, truth, float(np.exp(log_t)))
+
+        result = minimize_scalar(loss, bounds=tuple(np.log(T_RANGE)), method="bounded", options={"xatol": 1e-5})
+        best = float(np.exp(result.x))
+        temperatures.append(best if binary_log_loss(column, truth, best) <= binary_log_loss(column, truth) else 1.0)
+    return temperatures

@@ -295,6 +295,12 @@ def model_card_document(spec: Mapping[str, Any], data: Mapping[str, Any], metric
     blocks += [Heading(2, "Validation results"), *validation]
     if task == "single":
         blocks += [Heading(2, "Calibration"), Para([_calibration(spec, calibration)])]
+    elif task == "multilabel" and spec.get("temperatures"):
+        record = calibration or {}
+        blocks += [Heading(2, "Calibration"), Para([
+            "Each label's logit is divided by a temperature of its own, fitted on the validation split (mean "
+            f"binary log loss {fmt(record.get('log_loss_before'))} before, {fmt(record.get('log_loss_after'))} "
+            "after, on the texts it was fitted on); the thresholds are chosen on the calibrated probabilities."])]
     blocks += HOW_TO_USE
     blocks += _limits(labels, str(data.get("source", "unknown")), max_length, _metric(metrics, "n"), task)
     return Document(f"Text classifier: {' / '.join(labels)}", blocks)

@@ -13,7 +13,7 @@ from lastpool.data.labels import LabelSet
 from lastpool.errors import ConfigError, DataError
 from lastpool.tasks.base import TASK_NAMES, Task, TaskName
 from lastpool.tasks.multilabel import MultiLabel, balanced_positive_weights
-from lastpool.tasks.regression import Regression, as_number
+from lastpool.tasks.regression import Regression
 from lastpool.tasks.single import SingleLabel, balanced_class_weights
 
 __all__ = ["TASK_NAMES", "MultiLabel", "Regression", "SingleLabel", "Task", "TaskName", "infer_task",
@@ -75,17 +75,10 @@ def training_task(task: TaskName, names: Sequence[str], targets: np.ndarray, cla
 
 
 def task_for_model(task: TaskName, names: Sequence[str], temperature: float = 1.0,
-                   thresholds: Sequence[float] | None = None) -> Task:
+                   thresholds: Sequence[float] | None = None, temperatures: Sequence[float] | None = None) -> Task:
     """The task of a fitted model (its calibration and thresholds; a regression's scale is in its head)."""
     if task == "single":
         return SingleLabel(names, temperature=temperature)
     if task == "multilabel":
-        return MultiLabel(names, thresholds=thresholds)
+        return MultiLabel(names, thresholds=thresholds, temperatures=temperatures)
     return Regression(names)
-
-
-def check_targets(task: TaskName, labels: Sequence[Any], source: str) -> None:
-    """Refuse labels a task cannot read before anything loads (e.g. a text target for a regression)."""
-    if task == "regression":
-        for i, value in enumerate(labels):
-            as_number(value, f"{source}: item {i + 1}")

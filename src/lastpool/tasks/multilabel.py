@@ -53,12 +53,13 @@ class MultiLabel(Task):
     headline = ("micro_f1", "macro_f1")
 
     def __init__(self, names: Sequence[str], positive_weights: Sequence[float] | None = None,
-                 thresholds: Sequence[float] | None = None) -> None:
+                 thresholds: Sequence[float] | None = None, temperatures: Sequence[float] | None = None) -> None:
         super().__init__(names)
         self.index = {name: k for k, name in enumerate(self.names)}
         self.positive_weights = None if positive_weights is None else list(positive_weights)
         # None while training: each validation pass chooses its own (what the kept epoch saves)
         self.thresholds = None if thresholds is None else list(thresholds)
+        self.temperatures = None if temperatures is None else list(temperatures)  # per label, calibration
 
     def targets(self, labels: Sequence[Any], source: str) -> np.ndarray:
         out = np.zeros((len(labels), len(self.names)), dtype=np.float32)
@@ -87,7 +88,7 @@ class MultiLabel(Task):
         return metrics
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return sigmoid(logits)
+        return sigmoid(logits if self.temperatures is None else logits / np.asarray(self.temperatures))
 
     def outputs(self, logits: np.ndarray) -> list[Any]:
         thresholds = np.asarray(self.thresholds if self.thresholds is not None
