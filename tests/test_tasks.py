@@ -136,6 +136,7 @@ def test_the_task_is_inferred_only_where_the_labels_say_so() -> None:
     assert infer_task(["5.000", "3.8", "4"])[0] == "regression"
     assert infer_task([["a"], ["a", "b"]])[0] == "multilabel"
     assert infer_task(["4.5", "many"])[0] == "single"  # not all numbers
+    assert infer_task(["1.0", "0.0", "1.0"])[0] == "single"  # whole numbers written with decimals: codes
 
 
 # --- fit, save, load -------------------------------------------------------------------------------------

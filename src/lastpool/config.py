@@ -84,8 +84,8 @@ class RunConfig(BaseModel):
                                "a sigmoid per label, per-label thresholds chosen on the validation split) or "
                                "`regression` (a number per text: mean squared error on standardised targets). "
                                "`auto`: multilabel with `--label-sep`/`--label-cols` or list-valued labels, "
-                               "regression when every label is a number with decimals, else single; the CLI "
-                               "says which"))
+                               "regression when every label is a number and some are not whole numbers, else "
+                               "single; the CLI says which"))
     label_sep: str | None = Field(
         default=None, description="multi-label: the separator of the labels in one label cell, e.g. ','",
         json_schema_extra=flag(DATA, metavar="SEP"))

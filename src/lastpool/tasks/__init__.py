@@ -27,9 +27,10 @@ def infer_task(labels: Sequence[Any]) -> tuple[TaskName, str | None]:
     """The task the labels make unambiguous, and why in a few words (None: nothing to say, single-label)."""
     if labels and all(isinstance(row, (list, tuple)) for row in labels):
         return "multilabel", "every label is a list"
-    def decimal(value: Any) -> bool:  # 3.8, "3.800", "4.0": a number written with decimals (or a float)
+    def decimal(value: Any) -> bool:  # a float, or text such as "3.800" ("1.0" alone could be a class code)
         return isinstance(value, float) or (
-            isinstance(value, str) and _DECIMAL.fullmatch(value.strip()) is not None)
+            isinstance(value, str) and _DECIMAL.fullmatch(value.strip()) is not None
+            and not float(value).is_integer())
 
     def number(value: Any) -> bool:
         return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
@@ -37,7 +38,7 @@ def infer_task(labels: Sequence[Any]) -> tuple[TaskName, str | None]:
                                         or _INTEGER.fullmatch(value.strip()) is not None))
 
     if labels and all(number(v) for v in labels) and any(decimal(v) for v in labels):
-        return "regression", "the labels are numbers with decimals"
+        return "regression", "the labels are numbers, some with decimals"
     return "single", None
 
 
