@@ -153,15 +153,31 @@ def _split_indices(task: Task, targets: np.ndarray, cfg: RunConfig, source: str)
             raise DataError(f"{source}: {plain}") from None
 
 
-def stratification_keys(cfg: RunConfig, labels: Sequence[Any]) -> tuple[TaskName, list[str], list[str]]:
-    """The task (``cfg.task``, or the one the labels make plain), one key per row that a stratified split or
-    K-fold keeps in proportion (the class, the rarest label, the value's bin), and the outputs' names."""
-    task_name = infer_task(list(labels))[0] if cfg.task == AUTO else cast(TaskName, cfg.task)
+def _given_labels(cfg: RunConfig, task: TaskName, labels: Sequence[Any], source: str) -> list[Any]:
+    """Labels as the task reads them, label ids first named by a ``--label-names`` file where there is one."""
     positional = cfg.label_names if isinstance(cfg.label_names, list) else None
-    given = _as_task_labels(task_name, named_labels(labels, positional, "data") if positional else labels)
-    names = output_names(task_name, given, cfg.labels or positional, cfg.label_col or "value")
+    return _as_task_labels(task, named_labels(labels, positional, source) if positional else labels)
+
+
+def _read_targets(cfg: RunConfig, labels: Sequence[Any], source: str) -> tuple[Task, str | None, np.ndarray]:
+    """The task (``cfg.task``, or the one the labels make plain) with the outputs' names, why it was chosen
+    (when inferred), and the labels as its targets."""
+    task_name, note = infer_task(list(labels)) if cfg.task == AUTO else (cast(TaskName, cfg.task), None)
+    given = _given_labels(cfg, task_name, labels, source)
+    positional = cfg.label_names if isinstance(cfg.label_names, list) else None
+    try:
+        names = output_names(task_name, given, cfg.labels or positional, cfg.label_col or "value")
+    except DataError as exc:  # name the file: "only one class" alone does not say where
+        raise DataError(f"{source}: {exc}") from None
     reader = task_for_model(task_name, names)
-    return task_name, reader.split_keys(reader.targets(given, "data")), names
+    return reader, note, reader.targets(given, source)
+
+
+def stratification_keys(cfg: RunConfig, labels: Sequence[Any]) -> tuple[TaskName, list[str], list[str]]:
+    """The task, one key per row that a stratified split or K-fold keeps in proportion (the class, the
+    rarest label, the value's bin), and the outputs' names."""
+    reader, _, targets = _read_targets(cfg, labels, "data")
+    return reader.name, reader.split_keys(targets), reader.names
 
 
 @dataclass
@@ -196,15 +212,8 @@ class TrainingSplit:
         checked_pairs = _check_pairs(pairs, checked, data_name)
         if len(labels) != len(checked):
             raise DataError(f"{data_name}: {len(checked)} texts but {len(labels)} labels")
-        task_name, note = infer_task(list(labels)) if cfg.task == AUTO else (cast(TaskName, cfg.task), None)
-        positional = cfg.label_names if isinstance(cfg.label_names, list) else None
-        given = _as_task_labels(task_name, named_labels(labels, positional, data_name) if positional else labels)
-        try:
-            names = output_names(task_name, given, cfg.labels or positional, cfg.label_col or "value")
-        except DataError as exc:  # name the file: "only one class" alone does not say where
-            raise DataError(f"{data_name}: {exc}") from None
-        reader = task_for_model(task_name, names)
-        targets = reader.targets(given, data_name)
+        reader, note, targets = _read_targets(cfg, labels, data_name)
+        task_name, names = reader.name, reader.names
         summary = {"source": data_name, "rows": len(checked), **reader.summary(targets)}
 
         def fitted(train: np.ndarray) -> Task:
@@ -220,9 +229,7 @@ class TrainingSplit:
                                 "or for neither")
             if len(eval_labels) != len(val_texts):
                 raise DataError(f"{eval_name}: {len(val_texts)} texts but {len(eval_labels)} labels")
-            val_given = _as_task_labels(task_name, named_labels(eval_labels, positional, eval_name) if positional
-                                        else eval_labels)
-            val_targets = reader.targets(val_given, eval_name)
+            val_targets = reader.targets(_given_labels(cfg, task_name, eval_labels, eval_name), eval_name)
             return cls(fitted(targets), checked, targets.tolist(), val_texts, val_targets.tolist(), summary,
                        held_out=False, train_pairs=checked_pairs, val_pairs=val_pairs, task_note=note)
         train_idx, val_idx = _split_indices(reader, targets, cfg, data_name)
@@ -778,8 +785,7 @@ class Classifier:
         loss; (multi-label) micro/macro/weighted F1, subset accuracy, Hamming loss, per-label scores, mean
         average precision; (regression) RMSE, MAE, Pearson, Spearman, R²."""
         task = self.task
-        names = self.config.label_names if isinstance(self.config.label_names, list) else None
-        given = _as_task_labels(task.name, named_labels(labels, names, source) if names else labels)
+        given = _given_labels(self.config, task.name, labels, source)
         if len(given) != len(texts):
             raise DataError(f"{source}: {len(texts)} texts but {len(given)} labels")
         return task.evaluate(self.logits(texts, text_pairs=text_pairs), task.targets(given, source))
