@@ -41,10 +41,15 @@ def machine_info(threads: str | None = None) -> str:
     """CPU model, cores, RAM, torch version and thread count, Python and kernel: the line every result names."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        for line in lines:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        # bf16 speed depends on these (without them bf16 matmuls are emulated), so every result names them
+        isa = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
+        cpu += f" ({', '.join(isa) if isa else 'no AVX512-BF16 or AMX' + (', AVX2' if 'avx2' in flags else '')})"
     except OSError:
         pass
     mem = ""

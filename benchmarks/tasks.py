@@ -14,15 +14,22 @@ dev:
 - **lastpool**: ``lastpool train`` with no tuning flags (the recipe's default mode; only the flags that say
   how the file is laid out), then ``lastpool eval`` on dev;
 - **Trainer**: ``AutoModelForSequenceClassification`` with the matching ``problem_type`` and ``Trainer``
-  at its defaults (fp32, learning rate 5e-5, batch 8), the same epochs and truncation length as the
-  lastpool run, the pair joined by the same template, multi-label predictions at probability 0.5;
+  with this machine's best options, as in the suite's Trainer row (group_by_length sampling, and bf16
+  autocast where lastpool's ``--precision auto`` would pick bf16: on a CPU without AVX512-BF16 or AMX,
+  bf16 matmuls are emulated and many times slower than fp32), learning rate 5e-5 (its default), the same
+  epochs, truncation length and batch size as the lastpool run, the pair joined by the same template,
+  multi-label predictions at probability 0.5;
 - **bag-of-words**: TF-IDF word and character n-grams with a linear SVM (one per label for GoEmotions)
   or a ridge regression (STS-B), fitted on the same training rows.
 
 Each training is a separate process (wall time includes loading and, for lastpool, its own baseline and
 report); the wall-time ratio lastpool / Trainer is taken seed by seed. Results go to docs/BENCHMARKS.md.
 
-    python benchmarks/tasks.py [--sets goemotions,stsb,mrpc] [--seeds 0,1,2] [--sample 8000] [--no-write]
+    python benchmarks/tasks.py [--sets goemotions,stsb,mrpc] [--seeds 0,1,2] [--rows lastpool,trainer,bow]
+        [--sample 8000] [--json RESULTS.json] [--no-write]
+
+Trainer needs hours per seed on a 2-core CPU: ``--json`` keeps each finished run, and a later invocation
+with the same file runs only what is missing.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from typing import Any
 import numpy as np
 from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
 from pretrained import DEFAULT_MODEL, lastpool_exe
+
+from lastpool.fileio import atomic_write_text
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MARK_BEGIN, MARK_END = "<!-- tasks:begin -->", "<!-- tasks:end -->"
@@ -133,7 +142,7 @@ def trainer_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from lastpool.classifier import TrainingSplit
+    from lastpool.classifier import TrainingSplit, bf16_is_fast
     from lastpool.cli import table_layout
     from lastpool.data.tables import read_table
     from lastpool.models.backbones import load_backbone
@@ -170,6 +179,8 @@ def trainer_worker(spec: dict[str, Any]) -> dict[str, Any]:
     targets = split.train_y if task.name != "regression" else [float(v) for v in split.train_y]
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, num_train_epochs=spec["epochs"], seed=spec["seed"],
+                                 per_device_train_batch_size=spec["batch_size"], per_device_eval_batch_size=64,
+                                 bf16=bf16_is_fast(), train_sampling_strategy="group_by_length",
                                  save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
                                  disable_tqdm=True, logging_strategy="no")
         trainer = Trainer(model=model, args=args, train_dataset=Rows(encode(split.train_texts, split.train_pairs),
@@ -188,7 +199,7 @@ def trainer_worker(spec: dict[str, Any]) -> dict[str, Any]:
         metrics = multilabel_metrics(truth, sigmoid(logits), [0.5] * len(task.names), task.names)
     else:
         metrics = task.evaluate(logits.reshape(len(truth), -1), truth)  # regression: the raw outputs are values
-    return {"scores": scores_of(metrics), "train_seconds": train_seconds}
+    return {"scores": scores_of(metrics), "train_seconds": train_seconds, "bf16": bool(args.bf16)}
 
 
 # ----------------------------------------------------------------------------- the bag-of-words side
@@ -214,17 +225,24 @@ def bag_of_words(spec: dict[str, Any]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- the run
+ROWS = ("lastpool", "trainer", "bow")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--sets", default="goemotions,stsb,mrpc")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--rows", default=",".join(ROWS), help="which contestants to run (lastpool runs first: "
+                        "Trainer takes its epochs, truncation length and batch size)")
     parser.add_argument("--sample", type=int, default=8000, help="GoEmotions training texts (a seeded sample)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many training and dev rows per set "
                         "(a quick check of the script, not a result)")
     parser.add_argument("--epochs", default=None, help="give both this many epochs instead of lastpool's own "
                         "choice (a quick check of the script, not a result)")
     parser.add_argument("--work", default=None, help="folder for runs and logs (default: a temporary one)")
+    parser.add_argument("--json", type=Path, default=None, help="keep every result here, rewritten after each run; "
+                        "runs already in it are not repeated (a long benchmark goes on where it stopped)")
     parser.add_argument("--no-write", action="store_true", help="print the results, leave docs/BENCHMARKS.md")
     parser.add_argument("--trainer-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -233,63 +251,108 @@ def main() -> None:
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="lastpool-tasks-"))
     work.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    saved = json.loads(args.json.read_text()) if args.json and args.json.exists() else {"results": []}
+    records: list[dict[str, Any]] = saved["results"]
+    done = {(r["set"], r["seed"], r["row"]) for r in records}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in args.sets.split(","):
             data = sets(args.sample, args.limit, work, seed)[name]
-            rows.append(run_set(args, name, data, seed, work))
-            print(json.dumps(rows[-1]), flush=True)
-    publish(render(args, rows), MARK_BEGIN, MARK_END, write=not args.no_write)
+            for row in [r for r in ROWS if r in args.rows.split(",")]:
+                if (name, seed, row) in done:
+                    continue
+                lastpool = next((r for r in records if (r["set"], r["seed"], r["row"]) == (name, seed, "lastpool")),
+                                None)
+                if row != "lastpool" and lastpool is None:
+                    raise SystemExit(f"{row} on {name} seed {seed} takes lastpool's settings: run lastpool first")
+                record = {"set": name, "seed": seed, "row": row, "sample": args.sample, "limit": args.limit,
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          **run_row(args, row, name, data, seed, work, lastpool)}
+                records.append(record)
+                print(json.dumps(record), flush=True)
+                if args.json:
+                    atomic_write_text(args.json, json.dumps({"machine": machine_info(), "results": records},
+                                                            indent=1) + "\n")
+    publish(render(args, records), MARK_BEGIN, MARK_END, write=not args.no_write)
 
 
-def run_set(args: argparse.Namespace, name: str, data: dict[str, Any], seed: int, work: Path) -> dict[str, Any]:
+def trainer_spec(args: argparse.Namespace, data: dict[str, Any], seed: int,
+                 lastpool: dict[str, Any] | None) -> dict[str, Any]:
+    settings = (lastpool or {}).get("settings") or {"epochs": 1, "max_length": 128, "batch_size": 16}
+    return {"model": args.model, "train": str(data["train"]), "dev": str(data["dev"]), "flags": data["flags"],
+            "seed": seed, **{k: settings[k] for k in ("epochs", "max_length", "batch_size")}}
+
+
+def run_row(args: argparse.Namespace, row: str, name: str, data: dict[str, Any], seed: int, work: Path,
+            lastpool: dict[str, Any] | None) -> dict[str, Any]:
+    """One contestant's run on one set for one seed: its dev scores, wall seconds and what it ran."""
+    if row == "bow":
+        started = time.perf_counter()
+        scores = bag_of_words(trainer_spec(args, data, seed, lastpool))
+        return {"scores": scores, "seconds": time.perf_counter() - started}
+    if row == "trainer":
+        spec = trainer_spec(args, data, seed, lastpool)
+        worker = [sys.executable, str(Path(__file__).resolve()), "--trainer-worker", json.dumps(spec)]
+        log = work / f"{name}-s{seed}-trainer.log"
+        code, seconds = timed(worker, log)
+        if code != 0:
+            raise SystemExit(f"the Trainer run failed for {name}: see {log}")
+        trainer = json.loads(log.read_text().strip().splitlines()[-1])
+        return {"scores": trainer["scores"], "seconds": seconds, "train_seconds": trainer["train_seconds"],
+                "settings": {**{k: spec[k] for k in ("epochs", "max_length", "batch_size")},
+                             "precision": "bf16" if trainer["bf16"] else "fp32"}}
     run = work / f"{name}-s{seed}"
     train_cmd = [*lastpool_exe(), "train", "--model", args.model, "--data", str(data["train"]), *data["flags"],
                  "--seed", str(seed), "--out", str(run), "--quiet", *(["--epochs", args.epochs] if args.epochs else [])]
-    code, lastpool_seconds = timed(train_cmd, work / f"{name}-s{seed}-lastpool.log")
+    log = work / f"{name}-s{seed}-lastpool.log"
+    code, seconds = timed(train_cmd, log)
     if code != 0:
-        raise SystemExit(f"lastpool train failed for {name}: see {work / f'{name}-s{seed}-lastpool.log'}")
+        raise SystemExit(f"lastpool train failed for {name}: see {log}")
     evaluated = subprocess.run([*lastpool_exe(), "eval", str(run), "--data", str(data["dev"]), "--json"],
                                capture_output=True, text=True, check=True)
-    lastpool = scores_of(json.loads(evaluated.stdout))
     import yaml
 
+    from lastpool.classifier import resolve_precision
+
     settings = yaml.safe_load((run / "config.yaml").read_text())
-    epochs, mode = settings["epochs"], settings["mode"]
-    spec = {"model": args.model, "train": str(data["train"]), "dev": str(data["dev"]), "flags": data["flags"],
-            "seed": seed, "epochs": epochs, "max_length": settings["max_length"]}
-    worker = [sys.executable, str(Path(__file__).resolve()), "--trainer-worker", json.dumps(spec)]
-    log = work / f"{name}-s{seed}-trainer.log"
-    code, trainer_seconds = timed(worker, log)
-    if code != 0:
-        raise SystemExit(f"the Trainer run failed for {name}: see {log}")
-    trainer = json.loads(log.read_text().strip().splitlines()[-1])
-    return {"set": name, "seed": seed, "mode": mode, "epochs": epochs, "lastpool": lastpool,
-            "lastpool_seconds": lastpool_seconds, "trainer": trainer["scores"], "trainer_seconds": trainer_seconds,
-            "bag_of_words": bag_of_words(spec), "command": shlex.join(train_cmd)}
+    return {"scores": scores_of(json.loads(evaluated.stdout)), "seconds": seconds, "command": shlex.join(train_cmd),
+            "settings": {**{k: settings[k] for k in ("mode", "epochs", "max_length", "batch_size")},
+                         "precision": resolve_precision(settings["precision"], pretrained=True)}}
 
 
-def render(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+def render(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
     def mean_std(values: list[float]) -> str:
+        if not values:
+            return "-"
         return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
+    def runs(name: str, row: str) -> list[dict[str, Any]]:
+        return sorted((r for r in records if r["set"] == name and r["row"] == row), key=lambda r: r["seed"])
+
     lines = [MARK_BEGIN, "## Tasks: multi-label, regression and pairs against Trainer (issue 17)", "",
-             f"`{command_line('tasks.py')}` on {machine_info()}. Scores on each set's dev file, mean ± std over "
-             f"seeds {args.seeds}; wall seconds of the whole training process; ratio: lastpool / Trainer, seed by "
-             "seed (median).", "",
-             "| set | scores | lastpool (default) | Trainer | bag-of-words | lastpool s | Trainer s | wall ratio |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r["set"] for r in rows):
-        mine = [r for r in rows if r["set"] == name]
-        names = [k for k in mine[0]["lastpool"] if k in mine[0]["trainer"]]
-        for score in names:
+             f"`{command_line('tasks.py')}` (with `--json`, runs of earlier invocations kept) on {machine_info()}. "
+             "Scores on each set's dev file, mean ± std over the seeds named; wall seconds of the whole training "
+             "process (bag-of-words: fit and score, in-process); ratio: lastpool / Trainer wall, seed by seed "
+             "(median over the seeds both ran).", "",
+             "| set | lastpool settings | score | lastpool (default) | Trainer | bag-of-words | lastpool s | "
+             "Trainer s | wall ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["set"] for r in records):
+        mine, theirs, bow = runs(name, "lastpool"), runs(name, "trainer"), runs(name, "bow")
+        if not mine:
+            continue
+        both = {r["seed"]: r for r in theirs}
+        ratios = [r["seconds"] / both[r["seed"]]["seconds"] for r in mine if r["seed"] in both]
+        s = mine[0]["settings"]
+        setting = f"{s['mode']}, {s['epochs']} epochs, max length {s['max_length']}, batch {s['batch_size']}"
+        for score in mine[0]["scores"]:
+            def cell(rows: list[dict[str, Any]], score: str = score) -> str:
+                values = [r["scores"][score] for r in rows if score in r["scores"]]
+                return f"{mean_std(values)} (seeds {','.join(str(r['seed']) for r in rows)})" if values else "-"
+
             lines.append(
-                f"| {name} ({mine[0]['mode']}, {mine[0]['epochs']} epochs) | {score} | "
-                f"{mean_std([r['lastpool'][score] for r in mine])} | {mean_std([r['trainer'][score] for r in mine])} | "
-                f"{mean_std([r['bag_of_words'][score] for r in mine]) if score in mine[0]['bag_of_words'] else '-'} | "
-                f"{np.median([r['lastpool_seconds'] for r in mine]):.0f} | "
-                f"{np.median([r['trainer_seconds'] for r in mine]):.0f} | "
-                f"{np.median([r['lastpool_seconds'] / r['trainer_seconds'] for r in mine]):.3f} |")
+                f"| {name} | {setting} | {score} | {cell(mine)} | {cell(theirs)} | {cell(bow)} | "
+                f"{np.median([r['seconds'] for r in mine]):.0f} | "
+                f"{np.median([r['seconds'] for r in theirs]) if theirs else float('nan'):.0f} | "
+                f"{np.median(ratios) if ratios else float('nan'):.3f} |")
     lines += ["", MARK_END]
     return "\n".join(lines)
 
