@@ -536,7 +536,7 @@ def test_export_out_cannot_be_written(capsys: pytest.CaptureFixture[str], traine
     ("args", "needle"),
     [
         pytest.param(["--output", "predictions"], "unsupported format", id="predict-output-no-extension"),
-        pytest.param(["--output", "predictions.parquet"], "unsupported format", id="predict-output-parquet"),
+        pytest.param(["--output", "predictions.json"], "unsupported format", id="predict-output-json"),
     ],
 )
 def test_predict_output_format(capsys: pytest.CaptureFixture[str], trained_run: Path, labelled_csv: Path,

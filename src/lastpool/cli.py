@@ -5,9 +5,7 @@ Every error a user can cause ends in one message on stderr and exit code 2, neve
 
 from __future__ import annotations
 
-import csv
 import inspect
-import io
 import json
 import sys
 from collections.abc import Callable
@@ -539,106 +537,94 @@ def evaluate(
         out.print(f"log loss {metrics['log_loss']:.4f}   expected calibration error {metrics['ece']:.4f}")
 
 
-def _prediction_rows(clf: Any, texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
-    """One record per text: the text (and its second text), the prediction and, for a classifier, each
-    label's probability."""
-    task = clf.task.name  # a Classifier, or an ONNX file's OnnxClassifier
-    logits = clf.logits(texts, text_pairs=pairs)
-    predictions = clf.task.outputs(logits)
-    probabilities = clf.task.probabilities(logits) if task != "regression" else None
-    rows = []
-    for i, text in enumerate(texts):
-        record: dict[str, Any] = {"text": text}
-        if pairs is not None:
-            record["text_pair"] = pairs[i]
-        if task == "regression":
-            record["value"] = round(float(predictions[i]), 6)
-            rows.append(record)
-            continue
-        assert probabilities is not None
-        row = probabilities[i].tolist()
-        if task == "multilabel":
-            record["labels"] = predictions[i]
-        else:
-            record["label"] = clf.labels[max(range(len(row)), key=lambda k: row[k])]
-        record.update({f"prob_{name}": round(float(p), 6) for name, p in zip(clf.labels, row, strict=True)})
-        rows.append(record)
-    return rows
-
-
-def _write_predictions(rows: list[dict[str, Any]], path: Path) -> None:
-    from lastpool.fileio import atomic_write_text
-
-    suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".ndjson"}:
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    elif suffix in {".csv", ".tsv"}:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["text", "label"],
-                                delimiter="\t" if suffix == ".tsv" else ",")
-        writer.writeheader()
-        # a multi-label prediction's list is one cell: its labels joined by "|" (names may hold commas)
-        writer.writerows({k: "|".join(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
-        text = buffer.getvalue()
-    else:
-        raise ConfigError(f"--output {path}: unsupported format {suffix or '(none)'}; use .csv, .tsv or .jsonl")
-    atomic_write_text(path, text)
-
-
 @app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="run directory, model folder, or an exported .onnx file")],
     texts: Annotated[list[str] | None, typer.Argument(help="texts to classify")] = None,
     input: Annotated[str | None, typer.Option("--input", "-i", help="file of texts (csv, tsv, jsonl, parquet, txt)")] = None,  # noqa: A002, E501
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="write predictions to .csv, .tsv or .jsonl")] = None,  # noqa: E501
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write predictions to .csv, .tsv, .jsonl or .parquet")] = None,  # noqa: E501
     text_col: Annotated[str | None, typer.Option(help="text column of --input (auto-detected)")] = None,
     text_pair_col: Annotated[str | None, typer.Option(help="second text column of --input (a model of pairs)")] = None,
     header: Annotated[bool | None, typer.Option("--header/--no-header", help="the first row of --input names the columns")] = None,  # noqa: E501
     sep: Annotated[str | None, typer.Option(help="field separator of --input (tab, ',', ...)")] = None,
+    keep_cols: Annotated[str | None, typer.Option(help="columns of --input to copy into the predictions (id,...)")] = None,  # noqa: E501
+    chunk_rows: Annotated[int, typer.Option(min=1, help="rows of --input read, scored and written at a time")] = 4096,
+    resume: Annotated[bool, typer.Option(help="go on with an interrupted --output from its last finished chunk")] = False,  # noqa: E501
+    num_processes: Annotated[int, typer.Option(min=1, help="score --input in this many processes on this machine")] = 1,  # noqa: E501
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines instead of a table")] = False,
 ) -> None:
-    """Classify texts given as arguments or in a file; print them or write a .csv/.jsonl with probabilities
-    (multi-label: the labels over their thresholds; regression: the value)."""
-    from dataclasses import replace
-
-    from lastpool.classifier import Classifier
-    from lastpool.data.tables import read_table
+    """Classify texts given as arguments or in a file; print them or write a file with probabilities
+    (multi-label: the labels over their thresholds; regression: the value). A file is read, scored and
+    written in chunks: memory does not grow with it, and --resume continues after an interruption."""
+    from lastpool.distributed import launch_processes, under_launcher
+    from lastpool.scoring.parts import output_format, write_rows
+    from lastpool.scoring.rows import prediction_rows
 
     if not texts and input is None:
         raise ConfigError("give texts to classify, or --input FILE")
     if texts and input is not None:
         raise ConfigError("give texts as arguments or --input FILE, not both")
-    if output is not None and output.suffix.lower() not in {".csv", ".tsv", ".jsonl", ".ndjson"}:
-        raise ConfigError(f"--output {output}: unsupported format; use .csv, .tsv or .jsonl")
     if output is not None:
         from lastpool.runs import check_output_file
 
+        output_format(output)
         check_output_file(output)
+    file_only = {"--keep-cols": keep_cols is not None, "--resume": resume, "--num-processes": num_processes > 1}
+    wrong = [flag for flag, given in file_only.items() if given and (input is None or output is None)]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: only with --input FILE and --output FILE")
+    if num_processes > 1 and not under_launcher():
+        raise typer.Exit(launch_processes(num_processes, _ARGV))
+    clf = _load_scorer(model)
+    if texts:
+        rows = prediction_rows(clf, list(texts), None)
+        if output is not None:
+            write_rows(output, rows)
+            err.print(f"wrote {len(rows)} predictions to {output}")
+        elif as_json:
+            for row in rows:
+                print(json.dumps(row, ensure_ascii=False))
+        else:
+            out.print(_predictions_table(rows, clf.labels))
+        return
+    stream = _prediction_stream(clf, input or "", chunk_rows, text_col=text_col, pair_col=text_pair_col,
+                                header=header, sep=sep, keep_cols=keep_cols)
+    if output is None:  # JSON lines on stdout, a chunk at a time
+        for chunk in stream:
+            for row in prediction_rows(clf, chunk.table.texts, chunk.table.pairs, chunk.kept):
+                print(json.dumps(row, ensure_ascii=False, default=str))
+        return
+    from lastpool.distributed import finish, process_rank
+    from lastpool.scoring.batch import score_file
+
+    n = score_file(clf, stream, output, Path(model), resume=resume, quiet=quiet)
+    finish()
+    if process_rank() == 0:
+        err.print(f"wrote {n} predictions to {output}")
+
+
+def _load_scorer(model: str) -> Any:
+    """A saved classifier, or an exported ONNX file's (both predict the same way)."""
+    from lastpool.classifier import Classifier
+
     if model.lower().endswith(".onnx"):
         from lastpool.export import OnnxClassifier
 
-        clf: Any = OnnxClassifier(Path(model))
-    else:
-        clf = Classifier.load(model)
-    pairs: list[str] | None = None
-    if texts:
-        items = list(texts)
-    else:
-        config = clf.config if isinstance(clf, Classifier) else _saved_config(clf.spec.config)
-        layout = table_layout(config, text_col=text_col, pair_col=text_pair_col, header=header, sep=sep)
-        # prediction input need not carry labels: columns that are not the texts are left alone
-        table = read_table(input or "", layout=replace(layout, label_col=None, label_cols=None, label_sep=None,
-                                                        numeric_labels=False), require_labels=False)
-        items, pairs = table.texts, table.pairs
-    rows = _prediction_rows(clf, items, pairs)
-    if output is not None:
-        _write_predictions(rows, output)
-        err.print(f"wrote {len(rows)} predictions to {output}")
-    elif as_json or input is not None:
-        for row in rows:
-            print(json.dumps(row, ensure_ascii=False))
-    else:
-        out.print(_predictions_table(rows, clf.labels))
+        return OnnxClassifier(Path(model))
+    return Classifier.load(model)
+
+
+def _prediction_stream(clf: Any, path: str, chunk_rows: int, keep_cols: str | None, **layout: Any) -> Any:
+    """``--input`` in chunks, laid out as the model's training data was unless the flags say otherwise."""
+    from lastpool.classifier import Classifier
+    from lastpool.data.streaming import TableStream
+
+    config = clf.config if isinstance(clf, Classifier) else _saved_config(clf.spec.config)
+    kept = [c.strip() for c in keep_cols.split(",")] if keep_cols is not None else []
+    if any(not c for c in kept):
+        raise ConfigError(f"--keep-cols {keep_cols!r}: an empty column name")
+    return TableStream(path, table_layout(config, **layout), chunk_rows=chunk_rows, keep_cols=kept)
 
 
 def _saved_config(values: dict[str, Any] | None) -> RunConfig:

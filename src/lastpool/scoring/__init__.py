@@ -1,0 +1,1 @@
+"""Scoring files of texts at scale: chunked, resumable, sharded over processes (``lastpool predict``)."""
