@@ -152,6 +152,52 @@ def test_health_model_and_docs(served: tuple[str, Any], clf: Classifier) -> None
     assert info["limits"]["max_batch"] == MAX_BATCH
 
 
+# --- the engines' /classify (vLLM, SGLang) -------------------------------------------------------------
+
+
+def test_engine_classify_answers_in_the_engines_shape(client: httpx.Client, clf: Classifier) -> None:
+    texts = demo_sample(per_class=2, offset=30)[0]
+    body = client.post("/classify", json={"model": "any-name", "input": texts, "user": "u1", "priority": 0}).json()
+    assert set(body) == {"id", "object", "created", "model", "data", "usage"}
+    assert body["object"] == "list" and body["id"].startswith("classify-") and isinstance(body["created"], int)
+    expected = clf.predict_proba(texts)
+    assert [row["index"] for row in body["data"]] == list(range(len(texts)))
+    assert [row["label"] for row in body["data"]] == clf.predict(texts)
+    np.testing.assert_allclose([row["probs"] for row in body["data"]], expected, atol=1e-6)
+    assert {row["num_classes"] for row in body["data"]} == {len(clf.labels)}
+    tokens = sum(min(len(ids), 32) for ids in clf.encoder.encode(texts))
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
+                             "prompt_tokens_details": None}
+    one = client.post("/classify", json={"input": texts[0]}).json()  # one text, no model name
+    assert len(one["data"]) == 1 and one["data"][0]["probs"] == body["data"][0]["probs"]
+    native = client.post("/v1/classify", json={"texts": texts}).json()["results"]
+    assert [r["label"] for r in native] == [r["label"] for r in body["data"]]
+
+
+def test_engine_classify_errors_and_key(served: tuple[str, Any]) -> None:
+    with httpx.Client(base_url=served[0], timeout=30) as anonymous:
+        assert_error(anonymous.post("/classify", json={"input": "Profit rose."}), 401, "unauthorized")
+    with httpx.Client(base_url=served[0], headers=AUTH, timeout=30) as client:
+        for bad in ({}, {"input": []}, {"input": 3}, {"input": [1, 2]}, {"input": ["ok", "  "]}, {"input": " "}):
+            assert_error(client.post("/classify", json=bad), 422, "validation_error")
+        assert_error(client.post("/classify", json={"input": ["a b"] * (MAX_BATCH + 1)}), 413, "too_many_texts")
+
+
+def test_the_schema_says_what_the_server_takes(served: tuple[str, Any], clf: Classifier) -> None:
+    """Bounds a client can read: top_k within the labels, texts that are not blank, the batch limit."""
+    schema = httpx.get(f"{served[0]}/openapi.json", timeout=30).json()
+    assert {"/v1/classify", "/classify"} <= set(schema["paths"])
+    request = schema["components"]["schemas"]["ClassifyRequest"]["properties"]
+    top_k = next(option for option in request["top_k"]["anyOf"] if option.get("type") == "integer")
+    assert (top_k["minimum"], top_k["maximum"]) == (1, len(clf.labels))
+    assert request["texts"]["maxItems"] == MAX_BATCH and request["texts"]["items"]["pattern"]
+    assert "text_pairs" not in request  # a model of single texts
+    with httpx.Client(base_url=served[0], headers=AUTH, timeout=30) as client:
+        for text in ("\x1c", "\u3000", "\t \n"):  # blank to str.strip(): refused by the schema's pattern too
+            assert_error(client.post("/v1/classify", json={"texts": [text]}), 422, "validation_error")
+        assert_error(client.post("/v1/classify", json={"texts": ["a"], "top_k": 0}), 422, "validation_error")
+
+
 # --- errors -----------------------------------------------------------------------------------------------
 
 

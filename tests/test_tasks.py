@@ -258,9 +258,17 @@ def test_the_server_answers_in_each_task_s_terms(fitted: dict[str, Classifier]) 
                 assert [r["value"] for r in answer["results"]] == pytest.approx(clf.predict(sample), abs=1e-5)
                 assert "probabilities" not in answer["results"][0]
                 assert http.post("/v1/classify", json={"texts": sample, "top_k": 1}).status_code == 422
+            engine = http.post("/classify", json={"input": sample}).json()["data"]
+            if task == "multilabel":  # the engines' label is the most probable one; lastpool's set comes beside
+                assert [r["labels"] for r in engine] == clf.predict(sample)
+                assert [r["label"] for r in engine] == [clf.labels[int(np.argmax(p))] for p in clf.predict_proba(sample)]
+            else:
+                assert [r["value"] for r in engine] == pytest.approx(clf.predict(sample), abs=1e-5)
+                assert all(r["label"] is None and r["num_classes"] == 1 for r in engine)
             schema = http.get("/openapi.json").json()
             assert schema["components"]["schemas"]["ClassifyResponse"]["properties"]["task"]["enum"] == [
                 "single", "multilabel", "regression"]
+            assert ("top_k" in schema["components"]["schemas"]["ClassifyRequest"]["properties"]) == (task != "regression")
             assert http.get("/v1/model").json()["task"] == task
 
 
@@ -278,6 +286,10 @@ def test_the_server_of_a_pair_model_needs_the_second_texts(fitted: dict[str, Cla
         assert missing.status_code == 422 and "text_pairs" in missing.json()["error"]["message"]
         short = http.post("/v1/classify", json={"texts": firsts, "text_pairs": seconds[:2]})
         assert short.status_code == 422 and "4 texts but 2" in short.json()["error"]["message"]
+        schema = http.get("/openapi.json").json()
+        assert "text_pairs" in schema["components"]["schemas"]["ClassifyRequest"]["required"]
+        assert "/classify" not in schema["paths"]  # the engines' /classify has no second text
+        assert http.post("/classify", json={"input": firsts}).status_code == 404
 
 
 # --- the shared files, read with flags only --------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The HTTP API: ``create_app`` builds the FastAPI app around a loaded ``Classifier``; ``serve`` runs it.
 
-Endpoints: ``POST /v1/classify``, ``GET /v1/model``, ``GET /health`` and FastAPI's docs at ``/docs``.
+Endpoints: ``POST /v1/classify``, ``GET /v1/model``, ``GET /health``, FastAPI's docs at ``/docs`` and, for
+a model of single texts, ``POST /classify`` in the request and response shape of vLLM and SGLang.
 Every error is a JSON body ``{"error": {"code", "type", "message"}}``. Requests are micro-batched
 (see ``batcher.py``). The API key and the body-size limit are checked in an ASGI middleware before any
 byte of the body is parsed, so an unauthenticated or oversized request costs no JSON parsing.
@@ -13,11 +14,13 @@ import secrets
 import signal
 import socket
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import uvicorn
@@ -26,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRouter
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,6 +37,17 @@ from lastpool.artifact import PretrainedBackboneSpec
 from lastpool.config import ServeConfig, serve_config
 from lastpool.errors import ConfigError
 from lastpool.serving.batcher import BatcherClosedError, MicroBatcher, ModelCallError
+from lastpool.serving.schemas import (
+    ClassifyResponse,
+    ClassifyResult,
+    EngineClassifyResponse,
+    EngineResult,
+    EngineUsage,
+    LabelProbability,
+    ModelRef,
+    classify_request,
+    engine_request,
+)
 from lastpool.tasks import Task
 from lastpool.version import __version__
 
@@ -42,57 +56,12 @@ if TYPE_CHECKING:
 
 
 API_PREFIX = "/v1"
+ENGINE_PATH = "/classify"  # vLLM's and SGLang's classification endpoint
 ERROR_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                413: "payload_too_large", 422: "validation_error", 500: "internal_error", 503: "unavailable"}
 
 
-# ------------------------------------------------------------------------------------------ schemas
-class ClassifyRequest(BaseModel):
-    """Strict types: a number is not silently taken for a text, nor a string for a list of texts."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    texts: list[StrictStr] = Field(min_length=1, description="texts to classify (at most the server's max batch)")
-    text_pairs: list[StrictStr] | None = Field(
-        default=None, description="a model of text pairs: each text's second text, in the same order (required "
-        "there, refused elsewhere)")
-    top_k: StrictInt | None = Field(default=None, description="also return the k most probable labels (1..labels; "
-                                    "single- and multi-label models)")
-
-
-class LabelProbability(BaseModel):
-    label: str
-    probability: float
-
-
-class ClassifyResult(BaseModel):
-    """One text's answer: what it holds follows the model's task (the response's ``task``)."""
-
-    label: str | None = Field(default=None, description="single-label: the most probable label")
-    labels: list[str] | None = Field(default=None, description="multi-label: the labels whose probability reaches "
-                                     "their threshold (possibly none)")
-    value: float | None = Field(default=None, description="regression: the predicted value")
-    probabilities: dict[str, float] | None = Field(
-        default=None, description="single- and multi-label: every label's probability, in the model's label order "
-        "(multi-label: each label's own, not summing to 1)")
-    top_k: list[LabelProbability] | None = Field(default=None, description="only when top_k was given")
-    truncated: bool = Field(description="the text was longer than the model's max_length tokens and was cut")
-
-
-class ModelRef(BaseModel):
-    id: str = Field(description="short hash of the model's lastpool.json (architecture, labels, training record)")
-    name: str | None = None
-    backbone: str
-
-
-class ClassifyResponse(BaseModel):
-    task: Literal["single", "multilabel", "regression"] = Field(
-        description="what the model predicts: one label (label), a set of labels (labels) or a number (value)")
-    results: list[ClassifyResult]
-    truncated_count: int
-    model: ModelRef
-
-
+# ------------------------------------------------------------------------------------------ errors
 class ErrorBody(BaseModel):
     code: int
     type: str
@@ -123,7 +92,8 @@ def error_response(status: int, type_: str, message: str, headers: dict[str, str
 
 # ------------------------------------------------------------------------------------------ guard
 class RequestGuard:
-    """ASGI middleware: API key on ``/v1/*``, then the body-size limit, before the app sees the request.
+    """ASGI middleware: API key on ``/v1/*`` and ``/classify``, then the body-size limit, before the app sees
+    the request.
 
     The limit is checked on ``Content-Length`` and again on the bytes actually received, so a chunked
     body (no ``Content-Length``) or a lying header cannot get past it. The body is read here (at most
@@ -141,7 +111,8 @@ class RequestGuard:
             return
         headers = {name.lower(): value for name, value in scope["headers"]}
         path = scope["path"]
-        protected = self.api_key is not None and (path == API_PREFIX or path.startswith(API_PREFIX + "/"))
+        protected = self.api_key is not None and (path in (API_PREFIX, ENGINE_PATH)
+                                                  or path.startswith(API_PREFIX + "/"))
         if protected and not self._authorized(headers.get(b"authorization", b"")):
             response = error_response(401, "unauthorized", "missing or wrong API key: send 'Authorization: "
                                       "Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
@@ -337,29 +308,49 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name
         return {**info, "model": ref.model_dump(),
                 "limits": {"max_batch": max_batch, "max_body_bytes": max_body_bytes, "top_k_max": len(labels)}}
 
-    @v1.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)
-    async def classify(body: ClassifyRequest) -> ClassifyResponse:
-        """Classify up to ``max_batch`` texts; results come back in request order."""
-        texts = body.texts
-        if len(texts) > max_batch:
-            raise APIError(413, "too_many_texts", f"{len(texts)} texts in one request; the limit is {max_batch}")
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise APIError(422, "validation_error", f"texts.{i}: empty text")
-        items = _items(texts, body.text_pairs, pairs)
-        if body.top_k is not None and task.name == "regression":
-            raise APIError(422, "validation_error", "top_k does not apply to a regression model")
-        if body.top_k is not None and not 1 <= body.top_k <= len(labels):
-            raise APIError(422, "validation_error", f"top_k must be between 1 and {len(labels)} (got {body.top_k})")
+    async def scored(items: list[Any]) -> tuple[np.ndarray, list[int]]:
         try:
-            logits, lengths = await batcher.submit(items)
+            return await batcher.submit(items)
         except ModelCallError as exc:
             raise APIError(500, "model_error", f"the model failed on this batch: {exc}") from None
         except BatcherClosedError as exc:
             raise APIError(503, "unavailable", str(exc)) from None
-        results = _results(task, logits, body.top_k, [n > max_length for n in lengths])
+
+    def checked(texts: list[str], name: str) -> list[str]:
+        if len(texts) > max_batch:
+            raise APIError(413, "too_many_texts", f"{len(texts)} texts in one request; the limit is {max_batch}")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise APIError(422, "validation_error", f"{name}.{i}: empty text")
+        return texts
+
+    async def classify(body: Any) -> ClassifyResponse:
+        """Classify up to ``max_batch`` texts; results come back in request order."""
+        items = _items(checked(body.texts, "texts"), getattr(body, "text_pairs", None), pairs)
+        top_k = getattr(body, "top_k", None)
+        logits, lengths = await scored(items)
+        results = _results(task, logits, top_k, [n > max_length for n in lengths])
         return ClassifyResponse(task=task.name, results=results, truncated_count=sum(r.truncated for r in results),
                                 model=ref)
+
+    classify.__annotations__["body"] = classify_request(task.name, len(labels), pairs, max_batch)
+    v1.post("/classify", response_model=ClassifyResponse, response_model_exclude_none=True)(classify)
+
+    async def engine_classify(body: Any) -> EngineClassifyResponse:
+        """vLLM's and SGLang's classification API: ``input`` (a text or a list), answered with ``data``
+        (``label``, ``probs``, ``num_classes`` per text) and ``usage``, so a client can switch servers."""
+        texts = checked([body.input] if isinstance(body.input, str) else body.input, "input")
+        logits, lengths = await scored(texts)
+        return EngineClassifyResponse(
+            id=f"classify-{uuid.uuid4().hex}", created=int(time.time()), model=model_name or ref.id,
+            data=_engine_results(task, logits),
+            usage=EngineUsage(prompt_tokens=sum(min(n, max_length) for n in lengths),
+                              total_tokens=sum(min(n, max_length) for n in lengths)))
+
+    if not pairs:  # the engines' /classify has no second text (their pairs go to /score)
+        engine_classify.__annotations__["body"] = engine_request(max_batch)
+        app.post(ENGINE_PATH, response_model=EngineClassifyResponse, dependencies=security,
+                 responses=ERROR_RESPONSES)(engine_classify)
 
     app.include_router(v1)
     return app
@@ -379,6 +370,21 @@ def _items(texts: list[str], pairs: list[str] | None, reads_pairs: bool) -> list
         if not text.strip():
             raise APIError(422, "validation_error", f"text_pairs.{i}: empty text")
     return list(zip(texts, pairs, strict=True))
+
+
+def _engine_results(task: Task, logits: np.ndarray) -> list[EngineResult]:
+    """Each row as the engines answer it; lastpool's own reading of a multi-label or regression output
+    comes beside it (``labels``, ``value``)."""
+    outputs = task.outputs(logits)
+    if task.name == "regression":
+        return [EngineResult(index=i, label=None, probs=[float(v)], num_classes=1, value=float(v))
+                for i, v in enumerate(outputs)]
+    rows = []
+    for i, (row, output) in enumerate(zip(task.probabilities(logits).tolist(), outputs, strict=True)):
+        best = max(range(len(row)), key=lambda k: row[k])
+        rows.append(EngineResult(index=i, label=task.names[best], probs=[float(p) for p in row],
+                                 num_classes=len(row), labels=output if task.name == "multilabel" else None))
+    return rows
 
 
 def _results(task: Task, logits: np.ndarray, top_k: int | None, truncated: list[bool]) -> list[ClassifyResult]:
