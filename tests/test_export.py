@@ -22,6 +22,31 @@ def llama_no_bias(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
     return Classifier(model=str(folder), head_bias=False, **TINY).fit(texts, labels)
 
 
+PROBLEM_TYPES = {"single": "single_label_classification", "multilabel": "multi_label_classification",
+                 "regression": "regression"}
+
+
+def assert_serving_engines_can_read(folder: Path, clf: Classifier) -> None:
+    """What vLLM's (and SGLang's) classify task reads from a folder: a *ForSequenceClassification
+    architecture, the labels (num_labels from id2label), the pad token that ends a text, the activation
+    (problem_type: softmax, sigmoid or none), safetensors weights and the tokenizer."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    assert clf.spec is not None
+    config = json.loads((folder / "config.json").read_text())
+    assert len(config["architectures"]) == 1 and config["architectures"][0].endswith("ForSequenceClassification")
+    assert {int(k): v for k, v in config["id2label"].items()} == dict(enumerate(clf.labels))
+    assert config["label2id"] == {label: i for i, label in enumerate(clf.labels)}
+    assert config["problem_type"] == PROBLEM_TYPES[clf.spec.task]
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    assert config["pad_token_id"] is not None and config["pad_token_id"] == tokenizer.pad_token_id
+    assert config.get("max_position_embeddings", clf.spec.max_length) >= clf.spec.max_length
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    assert (folder / "tokenizer.json").is_file()
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_hf_export_matches_in_transformers_and_pipeline(tmp_path: Path, family: str) -> None:
     from transformers import AutoModelForSequenceClassification, pipeline
@@ -32,6 +57,7 @@ def test_hf_export_matches_in_transformers_and_pipeline(tmp_path: Path, family: 
     # The default mode's model: the first half of the blocks and the final norm, a family model of 1 block.
     assert clf.spec.backbone.layer == 1 and clf.spec.backbone.final_norm  # type: ignore[union-attr]
     out = export_hf(clf, tmp_path / "hf")
+    assert_serving_engines_can_read(out, clf)
     hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     assert hf.config.id2label == dict(enumerate(clf.labels))
     sample = texts[:24]

@@ -407,11 +407,13 @@ def test_hf_export_gives_lastpool_s_outputs_in_transformers_pipeline(task: str, 
     from transformers import AutoModelForSequenceClassification, pipeline
 
     from lastpool.export import export_hf
+    from tests.test_export import assert_serving_engines_can_read
     from tests.test_pretrained import TINY
 
     labels = [tags(t) for t in texts] if task == "multilabel" else [score(t) for t in texts]
     clf = Classifier(model=str(llama), head_bias=False, **TINY).fit(texts, labels)
     out = export_hf(clf, tmp_path / "hf")
+    assert_serving_engines_can_read(out, clf)
     hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     assert hf.config.problem_type == {"multilabel": "multi_label_classification", "regression": "regression"}[task]
     sample = sentences(12, seed=50)
