@@ -166,3 +166,47 @@ def test_cli_export_onnx_then_predict_with_it(tmp_path: Path, trained_run: Path,
     err = capsys.readouterr().err
     assert "already exists" in err and "hf or onnx" in err and "from-scratch GPT" in err
     assert not (tmp_path / "hf").exists() and not (tmp_path / "x").exists()
+
+
+def test_int8_onnx_stays_close_and_runs_in_predict_and_serve(tmp_path: Path, llama_no_bias: Classifier,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Dynamic int8 moves probabilities a little; the file says it is int8, its matmuls are integer ones,
+    and predict and the server run it like any exported file."""
+    import onnx
+    from fastapi.testclient import TestClient
+
+    from lastpool.cli import main
+    from lastpool.serving import create_app
+
+    texts = demo_sample()[0][:40]
+    fp32 = export_onnx(llama_no_bias, tmp_path / "fp32.onnx")
+    int8 = export_onnx(llama_no_bias, tmp_path / "int8.onnx", quantize="int8")
+    graph = onnx.load(str(int8)).graph
+    weights = {init.name for init in graph.initializer}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {node.op_type for node in graph.node}
+    # every matmul by a weight is an integer one (those left multiply activations: attention's scores)
+    assert not [n for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
+    quantized = OnnxClassifier(int8)
+    assert quantized.session.get_modelmeta().custom_metadata_map["quantization"] == "int8"
+    np.testing.assert_allclose(quantized.predict_proba(texts), OnnxClassifier(fp32).predict_proba(texts), atol=0.02)
+    with TestClient(create_app(quantized, batch_wait_ms=0)) as http:  # type: ignore[arg-type]
+        answer = http.post("/classify", json={"input": texts[:5]}).json()["data"]
+    np.testing.assert_allclose([r["probs"] for r in answer], quantized.predict_proba(texts[:5]), atol=1e-6)
+    capsys.readouterr()
+    assert main(["predict", str(int8), *texts[:3], "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_cli_quantize_flags(tmp_path: Path, trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lastpool.cli import main
+
+    assert main(["export", str(trained_run), "--format", "hf", "--out", str(tmp_path / "hf"), "--quantize",
+                 "int8"]) == 2
+    assert "--quantize int8 is for --format onnx" in capsys.readouterr().err
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--quantize",
+                 "int4"]) == 2
+    assert "--quantize must be none or int8" in capsys.readouterr().err
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--quantize",
+                 "int8"]) == 0
+    assert "int8 check: predictions agree on" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -261,14 +261,16 @@ def test_the_server_answers_in_each_task_s_terms(fitted: dict[str, Classifier]) 
             engine = http.post("/classify", json={"input": sample}).json()["data"]
             if task == "multilabel":  # the engines' label is the most probable one; lastpool's set comes beside
                 assert [r["labels"] for r in engine] == clf.predict(sample)
-                assert [r["label"] for r in engine] == [clf.labels[int(np.argmax(p))] for p in clf.predict_proba(sample)]
+                best = [clf.labels[int(np.argmax(p))] for p in clf.predict_proba(sample)]
+                assert [r["label"] for r in engine] == best
             else:
                 assert [r["value"] for r in engine] == pytest.approx(clf.predict(sample), abs=1e-5)
                 assert all(r["label"] is None and r["num_classes"] == 1 for r in engine)
             schema = http.get("/openapi.json").json()
             assert schema["components"]["schemas"]["ClassifyResponse"]["properties"]["task"]["enum"] == [
                 "single", "multilabel", "regression"]
-            assert ("top_k" in schema["components"]["schemas"]["ClassifyRequest"]["properties"]) == (task != "regression")
+            request = schema["components"]["schemas"]["ClassifyRequest"]["properties"]
+            assert ("top_k" in request) == (task != "regression")
             assert http.get("/v1/model").json()["task"] == task
 
 

@@ -576,7 +576,9 @@ def predict(
         raise ConfigError(f"{', '.join(wrong)}: only with --input FILE and --output FILE")
     if num_processes > 1 and not under_launcher():
         raise typer.Exit(launch_processes(num_processes, _ARGV))
-    clf = _load_scorer(model)
+    from lastpool.export import load_predictor
+
+    clf = load_predictor(model)
     if texts:
         rows = prediction_rows(clf, list(texts), None)
         if output is not None:
@@ -602,17 +604,6 @@ def predict(
     finish()
     if process_rank() == 0:
         err.print(f"wrote {n} predictions to {output}")
-
-
-def _load_scorer(model: str) -> Any:
-    """A saved classifier, or an exported ONNX file's (both predict the same way)."""
-    from lastpool.classifier import Classifier
-
-    if model.lower().endswith(".onnx"):
-        from lastpool.export import OnnxClassifier
-
-        return OnnxClassifier(Path(model))
-    return Classifier.load(model)
 
 
 def _prediction_stream(clf: Any, path: str, chunk_rows: int, keep_cols: str | None, **layout: Any) -> Any:
@@ -660,14 +651,19 @@ def export_model(
     model: Annotated[str, typer.Argument(help="run directory or model folder")],
     format: Annotated[str, typer.Option("--format", "-f", help="hf (a transformers folder) or onnx (one .onnx file)")],  # noqa: A002, E501
     out: Annotated[Path, typer.Option(help="output folder (hf) or .onnx file (onnx)")],
+    quantize: Annotated[str, typer.Option(help="onnx: none, or int8 (ONNX Runtime's dynamic quantization)")] = "none",
 ) -> None:
     """Export for transformers (AutoModelForSequenceClassification / pipeline) or ONNX Runtime; the export
-    is checked against lastpool's own logits before it is written."""
+    is checked against lastpool's own logits before it is written (int8: how far it moved them is shown)."""
     from lastpool.classifier import Classifier
     from lastpool.export import export_hf, export_onnx
 
     if format not in ("hf", "onnx"):
         raise ConfigError(f"--format must be hf or onnx (got {format!r})")
+    if quantize not in ("none", "int8"):
+        raise ConfigError(f"--quantize must be none or int8 (got {quantize!r})")
+    if quantize != "none" and format != "onnx":
+        raise ConfigError("--quantize int8 is for --format onnx (a transformers folder keeps float weights)")
     if out.exists() and (format == "onnx" or (out.is_dir() and any(out.iterdir()))):
         raise ConfigError(f"{out} already exists; choose another --out")
     from lastpool.runs import check_output_dir, check_output_file
@@ -680,8 +676,18 @@ def export_model(
     if format == "hf":
         export_hf(clf, out)
     else:
-        export_onnx(clf, out)
-    err.print(f"exported {model} to {out} ({format})")
+        export_onnx(clf, out, quantize="int8" if quantize == "int8" else "none")
+    err.print(f"exported {model} to {out} ({format}{', int8' if quantize == 'int8' else ''})")
+    if quantize == "int8":
+        from lastpool.export import CHECK_TEXTS, int8_check
+
+        pairs = list(reversed(CHECK_TEXTS)) if clf.encoder is not None and clf.encoder.pairs else None
+        check = int8_check(clf, out, CHECK_TEXTS, pairs)
+        agree = f"predictions agree on {check['agreement']:.0%} of {len(CHECK_TEXTS)} check texts, " \
+            if "agreement" in check else ""
+        err.print(f"int8 check: {agree}largest {'value' if 'agreement' not in check else 'probability'} "
+                  f"difference {check['max_difference']:.4f} (measure agreement on your own data with "
+                  "predict MODEL.onnx)")
     if clf.spec is not None and clf.spec.fusion is not None:
         alone = ((clf.fusion or {}).get("language_model") or {}).get("accuracy")
         scores = (f" (validation accuracy {float(alone):.4f} alone, {float(clf.spec.metrics['val_accuracy']):.4f} "

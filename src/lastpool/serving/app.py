@@ -453,11 +453,11 @@ def serve(model_path: str | Path, config: ServeConfig | None = None, *,
     ``config`` or ``ServeConfig``'s fields as keywords; ``announce(url)`` is called once the server
     accepts connections.
     """
-    from lastpool.classifier import Classifier
+    from lastpool.export import load_predictor
 
     cfg = serve_config(settings, base=config)
     host, port, log_level = cfg.host, cfg.port, cfg.log_level
-    clf = Classifier.load(model_path)
+    clf = load_predictor(model_path)  # a model folder, or an exported .onnx file (int8 included)
     app = create_app(clf, cfg, model_name=Path(model_path).resolve().name)
     sock = bind_socket(host, port)
     url = url_of(sock)
