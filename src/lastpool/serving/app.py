@@ -73,7 +73,7 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": ERROR_TYPES[code]} for code in (401, 413, 422, 500, 503)
+    code: {"model": ErrorResponse, "description": ERROR_TYPES[code]} for code in (400, 401, 413, 422, 500, 503)
 }
 
 
@@ -247,7 +247,7 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name
     """The FastAPI app serving ``clf``; ``app.state.batcher`` is its ``MicroBatcher`` (with ``stats``).
 
     ``config`` (or ``ServeConfig``'s fields as keywords, which override it): ``max_batch`` bounds the
-    texts of one request (413 beyond), ``max_batch_texts`` and ``max_batch_tokens`` those of one
+    texts of one request (422 beyond: the schema's maxItems), ``max_batch_texts`` and ``max_batch_tokens`` those of one
     micro-batch (several requests); ``api_key`` protects ``/v1/*``. Host, port and the log level are
     ``serve``'s.
     """
@@ -318,7 +318,7 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, model_name
 
     def checked(texts: list[str], name: str) -> list[str]:
         if len(texts) > max_batch:
-            raise APIError(413, "too_many_texts", f"{len(texts)} texts in one request; the limit is {max_batch}")
+            raise APIError(422, "too_many_texts", f"{len(texts)} texts in one request; the limit is {max_batch}")
         for i, text in enumerate(texts):
             if not text.strip():
                 raise APIError(422, "validation_error", f"{name}.{i}: empty text")

@@ -7,12 +7,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    create_model,
+    field_validator,
+)
 
-# At least one character that str.strip() keeps: what "not empty" means to the model (JSON Schema's \s
-# lacks Python's \x1c-\x1f separators).
-NON_BLANK = r"[^\s\x1c-\x1f]"
+# At least one character that str.strip() keeps: what "not empty" means to the model. Python's whitespace
+# spelled out, since each regex dialect (pydantic's Rust, JSON Schema's ECMA, the fuzzers' Python) reads \s
+# a little differently (\x1c-\x1f, \x85).
+NON_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 Text = Annotated[StrictStr, StringConstraints(pattern=NON_BLANK)]
+
+
+class _ClassifyBody(BaseModel):
+    """What every ``/v1/classify`` body shares: unknown fields are refused, and ``top_k`` is JSON
+    Schema's integer (2 and 2.0, not "2", true or 2.5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("top_k", mode="before", check_fields=False)
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class LabelProbability(BaseModel):
@@ -51,7 +75,7 @@ class ClassifyResponse(BaseModel):
 def classify_request(task: str, n_labels: int, pairs: bool, max_batch: int) -> type[BaseModel]:
     """``POST /v1/classify``'s body for this model. Strict types: a number is not silently taken for a
     text, nor a string for a list of texts."""
-    texts_field = Field(min_length=1, description=f"texts to classify (at most {max_batch}; more: 413)",
+    texts_field = Field(min_length=1, description=f"texts to classify (at most {max_batch})",
                         json_schema_extra={"maxItems": max_batch})
     fields: dict[str, Any] = {"texts": (list[Text], texts_field)}
     if pairs:
@@ -60,7 +84,7 @@ def classify_request(task: str, n_labels: int, pairs: bool, max_batch: int) -> t
     if task != "regression":
         fields["top_k"] = (Annotated[StrictInt, Field(ge=1, le=n_labels)] | None,
                            Field(default=None, description="also return the k most probable labels"))
-    return create_model("ClassifyRequest", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model("ClassifyRequest", __base__=_ClassifyBody, **fields)
 
 
 # --- the engines' shape: vLLM's and SGLang's /classify ---------------------------------------------------
