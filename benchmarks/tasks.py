@@ -197,8 +197,12 @@ def trainer_worker(spec: dict[str, Any]) -> dict[str, Any]:
         from lastpool.tasks.multilabel import sigmoid
 
         metrics = multilabel_metrics(truth, sigmoid(logits), [0.5] * len(task.names), task.names)
+    elif task.name == "regression":  # Trainer's outputs are values already (not lastpool's standardised ones)
+        from lastpool.evaluation.metrics import regression_metrics
+
+        metrics = regression_metrics(truth.reshape(-1), logits.reshape(-1))
     else:
-        metrics = task.evaluate(logits.reshape(len(truth), -1), truth)  # regression: the raw outputs are values
+        metrics = task.evaluate(logits.reshape(len(truth), -1), truth)
     return {"scores": scores_of(metrics), "train_seconds": train_seconds, "bf16": bool(args.bf16)}
 
 
