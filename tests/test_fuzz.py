@@ -4,7 +4,8 @@ the table readers fed random bytes, encodings, quoting and ragged rows with Hypo
 Invariants: the server never answers 5xx, every answer matches the schema, every request the schema
 admits is accepted and every one it does not is refused with a 4xx; a reader either returns a table or
 raises one DataError (one line, naming the file), never another exception. The example counts are small
-here (the suite's time); benchmarks/fuzz_serve.py runs the long versions.
+here (the suite's time) and drawn from a fixed seed (derandomize), so CI sees the same cases every run;
+benchmarks/fuzz_serve.py runs the long, random versions.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def test_the_server_keeps_its_schema(served_url: str, mode: str) -> None:
         if mode == "negative" and operation.method.upper() != "POST":
             continue  # a GET without parameters has no request that breaks its schema
         @given(case=operation.as_strategy(generation_mode=generation))
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+                  derandomize=True)
         def check(case: Any) -> None:
             case.call_and_validate(headers=AUTH)
 
@@ -84,7 +86,8 @@ def _read_both(path: Path, layout: TableLayout) -> tuple[Any, Any]:
 
 
 @given(data=st.binary(max_size=300), suffix=st.sampled_from(SUFFIXES), header=st.booleans())
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True)
 def test_random_bytes_give_a_table_or_one_error(tmp_path: Path, data: bytes, suffix: str, header: bool) -> None:
     path = tmp_path / f"fuzz{suffix}"
     path.write_bytes(data)
@@ -94,7 +97,8 @@ def test_random_bytes_give_a_table_or_one_error(tmp_path: Path, data: bytes, suf
 @given(rows=st.lists(st.lists(FIELD, min_size=1, max_size=4), min_size=1, max_size=12),
        sep=st.sampled_from([",", "\t", ";"]), quoting=st.sampled_from(["csv", "none"]),
        bom=st.booleans(), encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True)
 def test_ragged_quoted_rows_in_any_encoding(tmp_path: Path, rows: list[list[str]], sep: str, quoting: str,
                                             bom: bool, encoding: str) -> None:
     """Headerless, ragged, with or without CSV quoting, a BOM, another encoding: the streamed chunks and
@@ -117,7 +121,8 @@ def test_ragged_quoted_rows_in_any_encoding(tmp_path: Path, rows: list[list[str]
 
 @given(values=st.lists(st.one_of(st.none(), st.integers(), st.floats(), FIELD, st.lists(FIELD, max_size=2)),
                        min_size=1, max_size=8))
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True)
 def test_jsonl_of_any_json_values(tmp_path: Path, values: list[Any]) -> None:
     path = tmp_path / "fuzz.jsonl"
     path.write_text("".join(json.dumps({"text": v, "id": i}) + "\n" for i, v in enumerate(values)), encoding="utf-8")
