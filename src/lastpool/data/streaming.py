@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,11 +23,14 @@ from lastpool.data.tables import (
     TableLayout,
     _build,
     _explicit,
-    _json_type,
     _parser_message,
     _quoting,
     _Raw,
     _sep_name,
+    headerless_records,
+    jsonl_records,
+    keyed,
+    positional,
 )
 from lastpool.errors import DataError
 
@@ -147,52 +149,28 @@ class TableStream:
         flags = (self.layout.text_col, self.layout.pair_col, *self.keep_cols)
         named = max((int(c) for c in flags if c is not None and c.isdigit()), default=0)
         with self.path.open("rb") as raw:
-            handle = self._text_handle(raw)
-            reader = csv.reader(handle, delimiter=sep, strict=True,
-                                quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
-            rows: list[list[str]] = []
-            where: list[str] = []
-            line = 1
-            try:
-                for record in reader:
-                    if record and any(field.strip() for field in record):
-                        rows.append(record)
-                        where.append(f"line {line}")
-                    line = reader.line_num + 1
-                    if len(rows) == self.chunk_rows:
-                        yield _positional(rows, where, named)
-                        rows, where = [], []
-            except csv.Error as exc:
-                kind = "TSV" if sep == "\t" else "CSV"
-                raise DataError(f"{self.name}, line {line}: malformed {kind} ({exc})") from None
-            except UnicodeDecodeError as exc:
-                raise self._decode_error(exc) from None
-            if rows:
-                yield _positional(rows, where, named)
+            records = headerless_records(self._text_handle(raw), self.name, sep, quoting)
+            for piece in self._pieces(records):
+                yield positional([r for r, _ in piece], [w for _, w in piece], named)
 
     def _jsonl(self) -> Iterator[_Raw]:
-        rows: list[dict[str, Any]] = []
-        where: list[str] = []
         with self.path.open("rb") as raw:
-            try:
-                for n, line in enumerate(self._text_handle(raw), start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{self.name}, line {n}: not valid JSON ({exc.msg})") from None
-                    if not isinstance(obj, dict):
-                        raise DataError(f"{self.name}, line {n}: expected a JSON object, got {_json_type(obj)}")
-                    rows.append({str(k): v for k, v in obj.items()})
-                    where.append(f"line {n}")
-                    if len(rows) == self.chunk_rows:
-                        yield _keyed(rows, where)
-                        rows, where = [], []
-            except UnicodeDecodeError as exc:
-                raise self._decode_error(exc) from None
-        if rows:
-            yield _keyed(rows, where)
+            for piece in self._pieces(jsonl_records(self._text_handle(raw), self.name)):
+                yield keyed([r for r, _ in piece], [w for _, w in piece])
+
+    def _pieces(self, records: Iterator[tuple[Any, str]]) -> Iterator[list[tuple[Any, str]]]:
+        """``records`` in lists of ``chunk_rows`` (the last may be shorter); a bad byte is one DataError."""
+        piece: list[tuple[Any, str]] = []
+        try:
+            for record in records:
+                piece.append(record)
+                if len(piece) == self.chunk_rows:
+                    yield piece
+                    piece = []
+        except UnicodeDecodeError as exc:
+            raise self._decode_error(exc) from None
+        if piece:
+            yield piece
 
     def _lines(self) -> Iterator[_Raw]:
         """A .txt file: ``sentence@label`` lines (the sentence is the text) or, where some line has no
@@ -233,16 +211,3 @@ class TableStream:
             data = {str(k): v for k, v in batch.to_pydict().items()}
             first += batch.num_rows
             yield _Raw(list(data), data, [f"row {first - batch.num_rows + i + 1}" for i in range(batch.num_rows)])
-
-
-def _positional(rows: list[list[str]], where: list[str], named: int) -> _Raw:
-    """Columns "1", "2", ...: as many as the longest row, and at least up to the highest position a flag
-    names (so a chunk of short rows says which row lacks the field, as ``read_table`` does)."""
-    width = max(named, *(len(r) for r in rows))
-    columns = [str(i + 1) for i in range(width)]
-    return _Raw(columns, {c: [r[i] if i < len(r) else None for r in rows] for i, c in enumerate(columns)}, where)
-
-
-def _keyed(rows: list[dict[str, Any]], where: list[str]) -> _Raw:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    return _Raw(columns, {c: [r.get(c) for r in rows] for c in columns}, where)

@@ -12,7 +12,7 @@ import json
 import math
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -203,23 +203,30 @@ def _read_delimited(text: str, name: str, sep: str, quoting: str = "csv") -> _Ra
 def _read_headerless(text: str, name: str, sep: str, quoting: str) -> _Raw:
     """A file of rows without a header: columns are named by position ("1", "2", ...), and rows may differ
     in length (a missing field is empty; extra trailing fields are columns no flag names)."""
-    reader = csv.reader(io.StringIO(text), delimiter=sep, quoting=csv.QUOTE_NONE if quoting == "none" else
-                        csv.QUOTE_MINIMAL, strict=True)
-    rows: list[list[str]] = []
-    where: list[str] = []
+    records = list(headerless_records(io.StringIO(text), name, sep, quoting))
+    return positional([r for r, _ in records], [w for _, w in records])
+
+
+def headerless_records(lines: Iterable[str], name: str, sep: str, quoting: str) -> Iterator[tuple[list[str], str]]:
+    """Each non-blank record of a headerless file with where it starts ("line 7"), as a user counts."""
+    reader = csv.reader(lines, delimiter=sep, quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
+                        strict=True)
     line = 1
     try:
         for record in reader:
             if record and any(field.strip() for field in record):
-                rows.append(record)
-                where.append(f"line {line}")
+                yield record, f"line {line}"
             line = reader.line_num + 1
     except csv.Error as exc:
         raise DataError(f"{name}, line {line}: malformed {'TSV' if sep == chr(9) else 'CSV'} ({exc})") from None
-    width = max((len(r) for r in rows), default=0)
+
+
+def positional(rows: list[list[str]], where: list[str], named: int = 0) -> _Raw:
+    """Columns "1", "2", ...: as many as the longest row, and at least ``named`` (the highest position a flag
+    names, so a chunk of short rows says which row lacks the field)."""
+    width = max(named, *(len(r) for r in rows)) if rows else named
     columns = [str(i + 1) for i in range(width)]
-    data = {c: [r[i] if i < len(r) else None for r in rows] for i, c in enumerate(columns)}
-    return _Raw(columns, data, where)
+    return _Raw(columns, {c: [r[i] if i < len(r) else None for r in rows] for i, c in enumerate(columns)}, where)
 
 
 def _record_starts(text: str, sep: str, quoting: str = "csv") -> list[tuple[int, bool]]:
@@ -268,24 +275,28 @@ def _sep_name(sep: str) -> str:
 
 def _read_jsonl(text: str, name: str) -> _Raw:
     """One JSON object per line; blank lines are skipped; columns are the union of keys."""
-    columns: dict[str, None] = {}
-    rows: list[dict[str, Any]] = []
-    where: list[str] = []
-    for n, line in enumerate(text.split("\n"), start=1):
+    records = list(jsonl_records(text.split("\n"), name))
+    return keyed([r for r, _ in records], [w for _, w in records])
+
+
+def jsonl_records(lines: Iterable[str], name: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each JSON object of a JSON-lines file with its line ("line 7"); blank lines are skipped."""
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{name}, line {n}: not valid JSON ({exc.msg})") from exc
+            raise DataError(f"{name}, line {n}: not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{name}, line {n}: expected a JSON object, got {_json_type(obj)}")
-        for key in obj:
-            columns.setdefault(str(key), None)
-        rows.append({str(k): v for k, v in obj.items()})
-        where.append(f"line {n}")
-    cols = list(columns)
-    return _Raw(cols, {c: [r.get(c) for r in rows] for c in cols}, where)
+        yield {str(k): v for k, v in obj.items()}, f"line {n}"
+
+
+def keyed(rows: list[dict[str, Any]], where: list[str]) -> _Raw:
+    """Rows of key/value objects as columns: the union of their keys, in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return _Raw(columns, {c: [r.get(c) for r in rows] for c in columns}, where)
 
 
 def _json_type(obj: Any) -> str:

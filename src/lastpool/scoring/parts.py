@@ -51,9 +51,8 @@ class Parts:
             return set()
         return {int(p.name[5:13]) for p in self.folder.glob(f"part-*.{self.format}") if p.name[5:13].isdigit()}
 
-    def start(self, manifest: dict[str, Any], resume: bool) -> int:
-        """Make the folder for a fresh run, or check that an interrupted one is this run (``resume``);
-        returns how many chunks are already done."""
+    def start(self, manifest: dict[str, Any], resume: bool) -> None:
+        """Make the folder for a fresh run, or check that an interrupted one is this run (``resume``)."""
         if self.folder.exists() and not resume:
             raise ConfigError(f"{self.folder} holds an interrupted run of this output: pass --resume to go on "
                               "from its last finished chunk, or delete the folder to start over")
@@ -63,10 +62,9 @@ class Parts:
             if changed:
                 raise ConfigError(f"cannot --resume {self.output}: the interrupted run had other "
                                   f"{', '.join(changed)}; delete {self.folder} to start over")
-            return len(self.done())
+            return
         self.folder.mkdir(parents=True)
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-        return 0
 
     def _manifest(self) -> dict[str, Any]:
         try:
