@@ -77,6 +77,19 @@ def test_chunks_hold_the_rows_read_table_reads(tmp_path: Path, kind: str, chunk_
     assert [c.first_row for c in chunks] == [sum(len(d.table) for d in chunks[:i]) for i in range(len(chunks))]
 
 
+@pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize("content", ['"0\r"\nb\n', "a\rb\r", '"x"\r"y"\n', "a\r\r\nb\n", '"a\rb",x\nc,y\n'])
+def test_carriage_returns_read_the_same_whole_and_in_chunks(tmp_path: Path, header: bool, content: str) -> None:
+    """A bare CR ends a line (old Mac files), CRLF is one line end, a CR inside quotes stays in the text:
+    the same for both readers (the whole-file one once refused a bare CR in a headerless file)."""
+    path = tmp_path / "cr.csv"
+    path.write_bytes((("text,other\r\n" if header else "") + content).encode())
+    layout = TableLayout(header=header, text_col=None if header else "1")
+    whole = read_table(path, layout=layout, require_labels=False).texts
+    assert whole == [t for c in TableStream(path, layout, chunk_rows=1) for t in c.table.texts]
+    assert len(whole) == 2 and "\n" not in "".join(whole)
+
+
 def test_kept_columns_come_with_their_rows(tmp_path: Path) -> None:
     path, layout = _files(tmp_path)["jsonl"]
     chunks = list(TableStream(path, layout, chunk_rows=5, keep_cols=["id"]))

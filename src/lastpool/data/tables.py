@@ -203,7 +203,7 @@ def _read_delimited(text: str, name: str, sep: str, quoting: str = "csv") -> _Ra
 def _read_headerless(text: str, name: str, sep: str, quoting: str) -> _Raw:
     """A file of rows without a header: columns are named by position ("1", "2", ...), and rows may differ
     in length (a missing field is empty; extra trailing fields are columns no flag names)."""
-    records = list(headerless_records(io.StringIO(text), name, sep, quoting))
+    records = list(headerless_records(io.StringIO(text, newline=""), name, sep, quoting))
     return positional([r for r, _ in records], [w for _, w in records])
 
 
@@ -231,7 +231,7 @@ def positional(rows: list[list[str]], where: list[str], named: int = 0) -> _Raw:
 
 def _record_starts(text: str, sep: str, quoting: str = "csv") -> list[tuple[int, bool]]:
     """(first line, is blank) of each record, so rows map to file lines even with quoted newlines."""
-    reader = csv.reader(io.StringIO(text), delimiter=sep,
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep,
                         quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
     out: list[tuple[int, bool]] = []
     prev = 0
