@@ -510,7 +510,7 @@ class ServeConfig(BaseModel):
                                                        "network")
     port: int = Field(default=8000, ge=0, le=65535,
                       description="TCP port; 0 = any free port (the line printed on start names it)")
-    max_batch: int = Field(default=64, ge=1, description="most texts in one request (413 beyond)")
+    max_batch: int = Field(default=64, ge=1, description="most texts in one request (422 beyond)")
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="largest request body in bytes (413 beyond)")
     api_key: str | None = Field(default=None, description="require 'Authorization: Bearer KEY' on /v1/*")
     batch_wait_ms: float = Field(default=5.0, ge=0.0, allow_inf_nan=False,
