@@ -240,8 +240,11 @@ def _quantize_int8(path: Path) -> None:
         # matmuls are seen as such
         quant_pre_process(str(source), str(prepared))
         # 7-bit weights (reduce_range): without VNNI, x86's u8 x s8 kernels saturate on full-range int8
-        # weights (ONNX Runtime's quantization notes); the file may run on either kind of CPU
-        quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        # weights (ONNX Runtime's quantization notes); the file may run on either kind of CPU. Only
+        # matmuls with weights; the MLP's output projections stay float (kept_float_matmuls).
+        quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         nodes_to_exclude=kept_float_matmuls(onnx.load(str(prepared))),
+                         extra_options={"MatMulConstBOnly": True})
         graph = onnx.load(str(path))
         have = {prop.key for prop in graph.metadata_props}
         for prop in onnx.load(str(source), load_external_data=False).metadata_props:
@@ -252,6 +255,25 @@ def _quantize_int8(path: Path) -> None:
     finally:
         source.unlink(missing_ok=True)
         prepared.unlink(missing_ok=True)
+
+
+def kept_float_matmuls(model: Any) -> list[str]:
+    """The weight matmuls whose input is the product of two activations: a gated MLP's down projection
+    (``act(gate) * up``), GELU's ``x * (1 + erf(x))`` in a GPT MLP. Their inputs carry the few huge
+    activation values LLMs are known for, which one int8 scale per tensor cannot hold alongside the rest
+    (quantizing them costs SmolLM2 most of its label agreement: docs/BENCHMARKS.md, batch prediction)."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    producer = {out: node for node in graph.node for out in node.output}
+    kept = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in constants:
+            continue
+        source = producer.get(node.input[0])
+        if source is not None and source.op_type == "Mul" and not any(i in constants for i in source.input):
+            kept.append(node.name)
+    return kept
 
 
 def int8_check(clf: Classifier, int8: Path, texts: list[str], pairs: list[str] | None = None) -> dict[str, float]:
