@@ -83,6 +83,7 @@ from lastpool.training.features import (
 from lastpool.training.fusion import choose_weight, fuse
 from lastpool.training.inference import inference_module, predict_logits
 from lastpool.training.layer_search import best_layer, pooled_every_layer, score_layers
+from lastpool.training.observers import TrainingObserver
 from lastpool.training.trainer import Trainer, TrainResult
 from lastpool.training.upper_blocks import HiddenStates, UpperBlocks, cache_fits, hidden_after, reproduces
 
@@ -445,13 +446,15 @@ class Classifier:
         resume: Checkpoint | None = None,
         text_pairs: Sequence[str] | None = None,
         eval_text_pairs: Sequence[str] | None = None,
+        observers: Sequence[TrainingObserver] = (),
     ) -> Classifier:
         """Train on ``texts``/``labels``; validate on ``eval_*`` or on a stratified split of the data.
 
         ``labels``: one label per text, lists of labels (multi-label) or numbers (regression), as ``task``
         says (``auto``: as the labels make plain). ``text_pairs``: each text's second text, for tasks on
         pairs. ``checkpoints``: save training checkpoints there (steps, epoch ends, Ctrl-C; the disk is
-        checked for room first); ``resume``: continue from one (the same texts, labels and settings)."""
+        checked for room first); ``resume``: continue from one (the same texts, labels and settings);
+        ``observers``: told of the training steps and epochs (experiment tracking, a tuner)."""
         task, self.task_note = (infer_task(list(labels)) if self.config.task == AUTO
                                 else (cast(TaskName, self.config.task), None))
         # resolved here, like the epochs: config.yaml records what the run did
@@ -466,7 +469,7 @@ class Classifier:
         set_seed(cfg.seed)
         model, spec, encoder, layer_features = self._build(cfg, split, words, quiet)
         trainer = Trainer(cfg, encoder.pad_token_id, split.task, quiet=quiet, precision=spec.precision,
-                          checkpoints=checkpoints, resume=resume)
+                          checkpoints=checkpoints, resume=resume, observers=observers)
         self.result = self._train(cfg, trainer, model, spec, encoder, split, layer_features, quiet)
         if spec.lora is not None and cfg.merge:
             merge_lora(model)

@@ -35,8 +35,9 @@ POOLING_NAMES: tuple[str, ...] = get_args(PoolingName)
 RECORDS = frozenset({"from_recipe"})  # fields that record how a config was resolved: no flag sets them
 
 # The panels of `lastpool train --help`, in the order they are shown; every flag names one (``flag``).
-PANELS = ("Data", "Tokenizer", "Model", "Optimisation", "Output", "Checkpoints and processes")
-DATA, TOKENIZER, MODEL, OPTIMISATION, OUTPUT, RUN = PANELS
+PANELS = ("Data", "Tokenizer", "Model", "Optimisation", "Output", "Checkpoints and processes", "Tracking")
+DATA, TOKENIZER, MODEL, OPTIMISATION, OUTPUT, RUN, TRACKING = PANELS
+TRACKERS = ("tensorboard", "mlflow")  # the backends --report-to names (lastpool/tracking)
 RECIPE = "recipe"  # a default that the recipe table fills in (``lastpool.recipes``)
 
 
@@ -313,6 +314,25 @@ class RunConfig(BaseModel):
         json_schema_extra=flag(RUN, doc="with several processes: `none` (DDP: a full copy per process) or `fsdp` "
                                "(parameters, gradients and optimizer state sharded; see `configs/fsdp-*.yaml`)"))
 
+    # experiment tracking (what is logged where; a resumed run may change these too)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="log the run to tensorboard, mlflow or both (comma separated); none",
+        json_schema_extra=flag(TRACKING, shown="none", metavar="BACKENDS", doc=(
+            "log the run to `tensorboard` (event files in the run directory's `tensorboard/`), `mlflow` (a run "
+            "in `--tracking-uri`) or both, comma separated: the resolved config, the training loss every "
+            "`--log-every` steps, every validation score per epoch, the final scores and the run's files (for "
+            "MLflow also the model, as a pyfunc model); `none` (the default) logs nowhere. Needs "
+            "`pip install lastpool[tracking]`")))
+    log_every: int = Field(default=50, ge=1, description="with --report-to: log the training loss every N "
+                           "optimizer steps", json_schema_extra=flag(TRACKING, metavar="N"))
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking store: a path, file:, sqlite:/// or http(s) URL",
+        json_schema_extra=flag(TRACKING, shown="$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db", metavar="URI"))
+    experiment: str = Field(default="lastpool", min_length=1, description="MLflow experiment the run goes in",
+                            json_schema_extra=flag(TRACKING, metavar="NAME"))
+    run_name: str | None = Field(default=None, min_length=1, description="the tracked run's name",
+                                 json_schema_extra=flag(TRACKING, shown="the run directory's name", metavar="NAME"))
+
     from_recipe: list[str] = Field(default_factory=list,
                                    description="settings that came from the recipe table, not from the user")
 
@@ -335,6 +355,24 @@ class RunConfig(BaseModel):
             return values
         earlier = [name for name in values.get("from_recipe", []) if name not in filled]
         return {**values, **{name: row[name] for name in filled}, "from_recipe": sorted(earlier + filled)}
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _backends(cls, value: Any) -> Any:
+        """``tensorboard,mlflow`` or a list; ``none`` alone is no backend."""
+        names = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        if not isinstance(names, list):
+            return value
+        names = [n for n in names if n != ""]
+        if names == ["none"]:
+            return []
+        unknown = [n for n in names if n not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracking backend {unknown[0]!r}: report_to takes {', '.join(TRACKERS)} "
+                             "(comma separated) or none")
+        if len(set(names)) != len(names):
+            raise ValueError("report_to names a backend twice")
+        return names
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -24,6 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from lastpool.config import RunConfig
 from lastpool.errors import ConfigError, DataError
+from lastpool.tracking import Tracking
 
 # The scores a cross-validation summarises, per task (each also per label: f1[label]).
 TASK_METRICS = {"single": ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece"),
@@ -90,9 +91,11 @@ def _scores(metrics: dict[str, Any], task: str) -> dict[str, float]:
 
 def cross_validate(config: RunConfig, texts: Sequence[str], labels: Sequence[Any], folds: int,
                    seeds: Sequence[int], on_run: Callable[[dict[str, Any]], None] | None = None,
-                   text_pairs: Sequence[str] | None = None) -> dict[str, Any]:
+                   text_pairs: Sequence[str] | None = None, tracking: Tracking | None = None,
+                   run_prefix: str = "") -> dict[str, Any]:
     """Train and score one model per (seed, fold); per-run results and a summary of every metric (of the
-    task: the labels' own, or ``config.task``)."""
+    task: the labels' own, or ``config.task``). ``tracking``: each model is a child run of it (named
+    ``{run_prefix}seed{S}-fold{K}``) with its training and its held-out fold's scores (``test/...``)."""
     from lastpool.classifier import Classifier, stratification_keys  # here: the CLI checks first, torch later
 
     task, keys, outputs = stratification_keys(config, labels)
@@ -105,15 +108,20 @@ def cross_validate(config: RunConfig, texts: Sequence[str], labels: Sequence[Any
 
     for seed, fold, train, test in fold_plan(keys, folds, seeds, config.val_fraction, strict=task == "single"):
         started = time.perf_counter()
-        clf = Classifier(config.model_copy(update={"seed": seed})).fit(
-            [texts[i] for i in train], [labels[i] for i in train], quiet=True, data_name=f"fold {fold} training data",
-            text_pairs=pairs(train))
-        metrics = clf.evaluate([texts[i] for i in test], [labels[i] for i in test], source=f"fold {fold}",
-                               text_pairs=pairs(test))
-        assert clf.result is not None
-        run = {"seed": seed, "fold": fold, "n_train": len(train), "n_test": len(test),
-               "best_epoch": clf.result.best_epoch, "seconds": time.perf_counter() - started,
-               "temperature": clf.spec.temperature if clf.spec else 1.0, "scores": _scores(metrics, task)}
+        child = (tracking or Tracking([])).child(f"{run_prefix}seed{seed}-fold{fold}")
+        with child:
+            clf = Classifier(config.model_copy(update={"seed": seed})).fit(
+                [texts[i] for i in train], [labels[i] for i in train], quiet=True,
+                data_name=f"fold {fold} training data", text_pairs=pairs(train),
+                observers=[child] if child.active else ())
+            metrics = clf.evaluate([texts[i] for i in test], [labels[i] for i in test], source=f"fold {fold}",
+                                   text_pairs=pairs(test))
+            assert clf.result is not None
+            scores = _scores(metrics, task)
+            run = {"seed": seed, "fold": fold, "n_train": len(train), "n_test": len(test),
+                   "best_epoch": clf.result.best_epoch, "seconds": time.perf_counter() - started,
+                   "temperature": clf.spec.temperature if clf.spec else 1.0, "scores": scores}
+            child.log_final({f"test/{name}": value for name, value in scores.items()})
         if "confusion_matrix" in metrics:
             run["confusion_matrix"] = metrics["confusion_matrix"]
         runs.append(run)
@@ -140,8 +148,9 @@ def setting_name(setting: dict[str, Any]) -> str:
 def compare(config: RunConfig, texts: Sequence[str], labels: Sequence[Any], axes: dict[str, list[Any]],
             folds: int, seeds: Sequence[int], metric: str = "accuracy",
             on_run: Callable[[str, dict[str, Any]], None] | None = None,
-            text_pairs: Sequence[str] | None = None) -> dict[str, Any]:
-    """Cross-validate every setting on the same folds and seeds; rank them and test the top two."""
+            text_pairs: Sequence[str] | None = None, tracking: Tracking | None = None) -> dict[str, Any]:
+    """Cross-validate every setting on the same folds and seeds; rank them and test the top two.
+    ``tracking``: every model is a child run of it, named after its setting, seed and fold."""
     if not axes:
         raise ConfigError("nothing to compare: give at least one axis with two or more values")
     results = []
@@ -154,7 +163,8 @@ def compare(config: RunConfig, texts: Sequence[str], labels: Sequence[Any], axes
             if on_run is not None:
                 on_run(name, run)
 
-        cv = cross_validate(cfg, texts, labels, folds, seeds, on_run=report, text_pairs=text_pairs)
+        cv = cross_validate(cfg, texts, labels, folds, seeds, on_run=report, text_pairs=text_pairs,
+                            tracking=tracking, run_prefix=f"{name} ")
         if metric not in cv["summary"]:
             raise ConfigError(f"--metric {metric} is not a score of a {cv['task']} task "
                               f"({', '.join(TASK_METRICS[cv['task']])})")

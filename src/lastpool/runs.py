@@ -7,6 +7,7 @@ end, so an interrupted or failed run never leaves a half-written run directory b
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,24 @@ def run_metrics(clf: Classifier, data: dict[str, Any] | None = None) -> dict[str
     }
 
 
+# What a run puts in its own directory while it trains, kept in the finished one (its checkpoints are not).
+KEPT_WHILE_TRAINING = ("tensorboard",)
+
+
+def keep_tracking_files(out: Path, staged: Path) -> None:
+    """Copy what the run wrote into ``out`` while it worked (TensorBoard's event files) into the staged
+    folder that is about to replace it."""
+    for name in KEPT_WHILE_TRAINING:
+        if (out / name).is_dir():
+            shutil.copytree(out / name, staged / name)
+
+
 def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any] | None = None,
               replace: bool = False) -> Path:
     """Write the complete run directory to ``out`` atomically: model (with its model card), config,
     history, metrics, and report.md / report.html / plots/ when the validation predictions are known.
-    ``replace``: ``out`` holds the run's checkpoints, swapped for the finished run only once it is written."""
+    ``replace``: ``out`` holds what the run wrote while training (checkpoints, TensorBoard's event files),
+    swapped for the finished run only once it is written (the event files carried over)."""
     if clf.result is None:
         raise ValueError("classifier has not been trained")
     lengths = clf.token_lengths or []  # counted when the fit tokenized the data
@@ -137,4 +151,6 @@ def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any
             from lastpool.evaluation.report import write_report
 
             write_report(tmp, run_report(clf, config, data, lengths))
+        if replace:
+            keep_tracking_files(out, tmp)
     return out

@@ -27,7 +27,8 @@ from lastpool.training.precision import MasterWeights
 from lastpool.training.sharding import full_optimizer_state, full_trainable_state, shard, shard_optimizer_state
 
 # Fields that say how a run is driven, not what it computes: they may differ on --resume.
-RUN_CONTROL_FIELDS = frozenset({"out", "save_every", "keep_checkpoints", "num_processes"})
+RUN_CONTROL_FIELDS = frozenset({"out", "save_every", "keep_checkpoints", "num_processes", "report_to", "log_every",
+                                "tracking_uri", "experiment", "run_name"})
 
 
 @dataclass
@@ -174,9 +175,10 @@ class TrainingRun:
             _load_trainable(self.model, None, best, "the best epoch")
         return self.result
 
-    def save(self, settings: CheckpointSettings, reason: str) -> Path:
+    def save(self, settings: CheckpointSettings, reason: str, extra: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint from the main process; with FSDP every process first helps gather the full
-        weights and optimizer state. Every process learns whether it could be written."""
+        weights and optimizer state. Every process learns whether it could be written. ``extra``: more
+        JSON-able state (the observers')."""
         accelerator, rank = self.accelerator, self.accelerator.process_index
         if self.sharded:
             trainable, optimizer_state = full_trainable_state(self.stepped), full_optimizer_state(self.optimizer)
@@ -196,7 +198,8 @@ class TrainingRun:
             tensors["loss_sum"] = self.loss_sum.detach().cpu().reshape(())
             if self.result.val_logits is not None:
                 tensors["val_logits"] = torch.from_numpy(np.ascontiguousarray(self.result.val_logits))
-            state = {"reason": reason, "loop": self.position.to_json(), "fingerprint": self.fingerprint}
+            state = {"reason": reason, "loop": self.position.to_json(), "fingerprint": self.fingerprint,
+                     **(extra or {})}
             try:
                 path = save_checkpoint(settings, steps, state, trainable, self.best, tensors, dict(optimizer_state),
                                        self.scheduler.state_dict(), epoch_end=epoch_end)

@@ -36,6 +36,7 @@ from lastpool.training.checkpoint import Checkpoint, CheckpointSettings, check_c
 from lastpool.training.compilation import compiled_blocks, eager
 from lastpool.training.display import TrainingDisplay
 from lastpool.training.inputs import TrainData, TrainInputs, train_inputs
+from lastpool.training.observers import TrainingObserver
 from lastpool.training.optimization import clip_gradients
 from lastpool.training.precision import MasterWeights, attention_for_training
 from lastpool.training.run_state import TrainingRun, TrainResult, total_steps
@@ -55,7 +56,8 @@ class Trainer:
 
     def __init__(self, config: RunConfig, pad_token_id: int, task: Task, quiet: bool = False,
                  console: Console | None = None, precision: Precision = "fp32",
-                 checkpoints: CheckpointSettings | None = None, resume: Checkpoint | None = None) -> None:
+                 checkpoints: CheckpointSettings | None = None, resume: Checkpoint | None = None,
+                 observers: Sequence[TrainingObserver] = ()) -> None:
         self.config = config
         self.pad_token_id = pad_token_id
         self.task = task
@@ -63,6 +65,7 @@ class Trainer:
         self.precision = precision
         self.checkpoints = checkpoints
         self.resume = resume
+        self.observers = observers
         self.last_checkpoint: Path | None = None
         self.console = console or Console(stderr=True, soft_wrap=True)
 
@@ -101,6 +104,8 @@ class Trainer:
         steps = total_steps(cfg, len(sampler))
         run = TrainingRun.start(accelerator, model, train, val, cfg, self.precision, master, steps, self.resume)
         assert isinstance(cfg.epochs, int)  # total_steps refuses an unresolved "auto"
+        for observer in self.observers:
+            observer.started(cfg.model_dump(mode="json"), run.result.optimizer_steps)
         shown = not self.quiet and accelerator.is_main_process
         with StopRequests(enabled=self.checkpoints is not None) as stop, \
                 TrainingDisplay(self.console, cfg.epochs, steps, shown, self.task) as display:
@@ -144,6 +149,7 @@ class Trainer:
             position.step_in_epoch += 1
             result.optimizer_steps += 1
             display.step(result.optimizer_steps, position.epoch, step_loss, rows / run.accelerator.num_processes)
+            self._observe_step(run, step_loss, rows)
             if stopping or result.optimizer_steps >= steps:
                 position.epoch_seconds += time.perf_counter() - started
                 return stopping
@@ -199,6 +205,8 @@ class Trainer:
         improved = run.end_epoch(metrics, logits, record, self.task.main_metric)
         display.epoch_done(record, improved)
         self._save(run, "epoch")
+        for observer in self.observers:
+            observer.epoch_ended(record)
 
     @staticmethod
     def _validation_logits(run: TrainingRun, val: TrainInputs) -> np.ndarray:
@@ -223,10 +231,23 @@ class Trainer:
         patience, best = self.config.patience, run.result.best_epoch
         return patience is not None and best > 0 and run.position.epoch - best >= patience
 
+    def _observe_step(self, run: TrainingRun, step_loss: torch.Tensor, rows: int) -> None:
+        """Every ``log_every`` steps, the step's mean loss (reading it waits for the step) to the observers."""
+        step = run.result.optimizer_steps
+        watching = [o for o in self.observers if step % o.log_every == 0]
+        if watching:
+            loss = float(step_loss) / (rows / run.accelerator.num_processes)
+            lr = float(run.scheduler.get_last_lr()[0])
+            for observer in watching:
+                observer.stepped(step, loss, lr)
+
     def _save(self, run: TrainingRun, reason: str) -> Path | None:
         if self.checkpoints is None:
             return None
-        self.last_checkpoint = run.save(self.checkpoints, reason)
+        observed: dict[str, Any] = {}
+        for observer in self.observers:
+            observed.update(observer.state())
+        self.last_checkpoint = run.save(self.checkpoints, reason, {"observers": observed})
         return self.last_checkpoint
 
     def _interrupted(self, run: TrainingRun) -> TrainingStopped:
