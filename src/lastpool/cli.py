@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lastpool.classifier import Classifier
     from lastpool.config import RunConfig
     from lastpool.data.tables import Table, TableLayout
+    from lastpool.tracking import Tracking
     from lastpool.training.checkpoint import Checkpoint
 
 app = typer.Typer(
@@ -147,6 +148,7 @@ def train(**options: Any) -> None:
     from lastpool.data.tables import read_table
     from lastpool.distributed import finish, launch_processes, process_rank, under_launcher
     from lastpool.runs import write_run
+    from lastpool.tracking import Tracking
     from lastpool.training.checkpoint import CheckpointSettings
 
     cfg, run_dir, checkpoint = _start_run(options)
@@ -159,23 +161,37 @@ def train(**options: Any) -> None:
 
     settings = (CheckpointSettings(run_dir / "checkpoints", every=cfg.save_every, keep=cfg.keep_checkpoints)
                 if cfg.keep_checkpoints > 0 else None)
-    clf = Classifier(cfg).fit(
-        table.texts, table.labels, eval_texts=eval_table.texts if eval_table else None,
-        eval_labels=eval_table.labels if eval_table else None, quiet=options["quiet"],
-        data_name=f"training data {table.source}",
-        eval_name=f"validation data {cfg.eval_data}" if cfg.eval_data else "validation split",
-        checkpoints=settings, resume=checkpoint, text_pairs=table.pairs,
-        eval_text_pairs=eval_table.pairs if eval_table else None,
-    )
-    if clf.task_note is not None and process_rank() == 0 and not options["quiet"]:
-        err.print(f"task: {clf.config.task} ({clf.task_note}; --task sets it)")
-    if process_rank() == 0:  # only the main process writes the run directory
-        # The finished run replaces its checkpoints: the model folder is the result.
-        write_run(clf, run_dir, clf.config, {**clf.data_info, "source": table.source},
-                  replace=(run_dir / "checkpoints").exists())
-    finish()
+    tracking = Tracking.open(cfg, run_dir, resume=checkpoint.state.get("observers") if checkpoint else None)
+    with tracking:
+        clf = Classifier(cfg).fit(
+            table.texts, table.labels, eval_texts=eval_table.texts if eval_table else None,
+            eval_labels=eval_table.labels if eval_table else None, quiet=options["quiet"],
+            data_name=f"training data {table.source}",
+            eval_name=f"validation data {cfg.eval_data}" if cfg.eval_data else "validation split",
+            checkpoints=settings, resume=checkpoint, text_pairs=table.pairs,
+            eval_text_pairs=eval_table.pairs if eval_table else None, observers=[tracking] if tracking.active else (),
+        )
+        if clf.task_note is not None and process_rank() == 0 and not options["quiet"]:
+            err.print(f"task: {clf.config.task} ({clf.task_note}; --task sets it)")
+        if process_rank() == 0:  # only the main process writes the run directory
+            # The finished run replaces its checkpoints (and carries TensorBoard's event files over).
+            tracking.pause()
+            write_run(clf, run_dir, clf.config, {**clf.data_info, "source": table.source}, replace=run_dir.exists())
+            tracking.log_final(_final_scores(clf))
+            tracking.log_files(run_dir, run_dir / "model")
+        finish()
     if process_rank() == 0:
         _report_run(clf, cfg, run_dir, quiet=options["quiet"])
+
+
+def _final_scores(clf: Classifier) -> dict[str, float]:
+    """A trained run's scores for the trackers: the kept epoch's validation scores, the baseline's."""
+    from lastpool.tracking.base import final_scores
+
+    assert clf.result is not None
+    scores = {**final_scores(clf.result.val_metrics, "best_val"), "best_epoch": float(clf.result.best_epoch),
+              "train_seconds": float(clf.result.train_seconds)}
+    return {**scores, **final_scores(clf.baseline or {}, "baseline")}
 
 
 def _start_run(options: dict[str, Any]) -> tuple[RunConfig, Path, Checkpoint | None]:
@@ -195,8 +211,10 @@ def _start_run(options: dict[str, Any]) -> tuple[RunConfig, Path, Checkpoint | N
     saved = checkpoint.state.get("fingerprint", {}).get("config")
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume {resume}: its checkpoint does not record the run's settings")
-    # The run's own settings, then the flags given now: a flag that changes one is refused later.
-    return _run_config({**options, "out": resume}, base=saved), resume, checkpoint
+    # The run's own settings (and where it was tracked), then the flags given now: a flag that changes one
+    # is refused later.
+    tracked = checkpoint.state.get("observers", {}).get("settings", {})
+    return _run_config({**options, "out": resume}, base={**saved, **tracked}), resume, checkpoint
 
 
 def _report_run(clf: Classifier, cfg: RunConfig, run_dir: Path, quiet: bool) -> None:
@@ -242,12 +260,16 @@ def _report_run(clf: Classifier, cfg: RunConfig, run_dir: Path, quiet: bool) -> 
 
 
 def _write_outputs(folder: Path, files: dict[str, str]) -> None:
-    """All of a command's output files at once (a staged folder renamed into place)."""
+    """All of a command's output files at once (a staged folder renamed into place; what tracking wrote
+    into the folder meanwhile is carried over)."""
     from lastpool.fileio import staged_dir
+    from lastpool.runs import keep_tracking_files
 
-    with staged_dir(folder) as tmp:
+    with staged_dir(folder, replace=folder.exists()) as tmp:
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        if folder.exists():
+            keep_tracking_files(folder, tmp)
 
 
 def _runs_progress(total: int, quiet: bool) -> Progress:
@@ -293,11 +315,16 @@ def cross_validation(
     cfg = _run_config(options)
     out_dir, table, seed_list, total = _resampling_setup("cv", cfg, folds, seeds)
     assert table.labels is not None
-    with _runs_progress(total, bool(options.get("quiet"))) as progress:
+    with _tracked(cfg, out_dir, {"folds": folds, "seeds": seeds}) as tracking, \
+            _runs_progress(total, bool(options.get("quiet"))) as progress:
         task = progress.add_task("cross-validation", total=total)
         result = cross_validate(cfg, table.texts, table.labels, folds, seed_list,
-                                on_run=lambda run: progress.advance(task), text_pairs=table.pairs)
-    _save_resampling(out_dir, "cv.json", result, cfg, f"Cross-validation: {table.source}", cv_markdown, cv_html)
+                                on_run=lambda run: progress.advance(task), text_pairs=table.pairs, tracking=tracking)
+        _save_resampling(out_dir, "cv.json", result, cfg, f"Cross-validation: {table.source}", cv_markdown, cv_html,
+                         tracking)
+        tracking.log_final({f"cv/{name}/{stat}": float(s[stat]) for name, s in result["summary"].items()
+                            for stat in ("mean", "std")})
+        tracking.log_files(out_dir)
     out.print(_interval_table(f"{len(result['runs'])} models ({folds} folds x {seeds} seeds)", "metric",
                               list(result["summary"].items())))
     err.print(f"cross-validation saved to {out_dir}")
@@ -346,10 +373,15 @@ def compare_settings(
             from lastpool.crossval import DEFAULT_METRIC
 
             metric = DEFAULT_METRIC[stratification_keys(cfg, table.labels)[0]]
-        result = compare(cfg, table.texts, table.labels, axes, folds, seed_list, metric=metric,
-                         on_run=lambda name, run: progress.advance(task), text_pairs=table.pairs)
-    _save_resampling(out_dir, "compare.json", result, cfg, f"Comparison on {table.source}", compare_markdown,
-                     compare_html)
+        with _tracked(cfg, out_dir, {"folds": folds, "seeds": seeds, "metric": metric,
+                                     **{f"compare_{k}": ",".join(map(str, v)) for k, v in axes.items()}}) as tracking:
+            result = compare(cfg, table.texts, table.labels, axes, folds, seed_list, metric=metric,
+                             on_run=lambda name, run: progress.advance(task), text_pairs=table.pairs, tracking=tracking)
+            _save_resampling(out_dir, "compare.json", result, cfg, f"Comparison on {table.source}", compare_markdown,
+                             compare_html, tracking)
+            tracking.log_final({f"compare/{r['name']}/{metric}/mean": float(r["summary"][metric]["mean"])
+                                for r in result["results"]})
+            tracking.log_files(out_dir)
     winner = result["verdict"].get("winner")
     out.print(_interval_table(
         f"{metric}: {len(result['results'])} settings x {len(result['results'][0]['runs'])} runs", "setting",
@@ -358,13 +390,81 @@ def compare_settings(
     err.print(f"comparison saved to {out_dir}")
 
 
+TUNE = "Search"
+
+
+@app.command("tune")
+@_with_train_options
+def tune_settings(
+    trials: Annotated[int, typer.Option(help="trials in the study, counted over every process that shares --storage", rich_help_panel=TUNE)] = 20,  # noqa: E501
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after this many seconds", show_default="none", rich_help_panel=TUNE)] = None,  # noqa: E501
+    storage: Annotated[str | None, typer.Option(help="study database (sqlite:///study.db, postgresql://...): a stopped study continues, several processes share one", show_default="in memory", rich_help_panel=TUNE)] = None,  # noqa: E501
+    study_name: Annotated[str, typer.Option(help="the study's name in --storage", rich_help_panel=TUNE)] = "lastpool",
+    space: Annotated[Path | None, typer.Option(help="search space YAML (field: {low, high, log, step} or {choices})", show_default="around the recipe's settings", rich_help_panel=TUNE)] = None,  # noqa: E501
+    pruning: Annotated[bool, typer.Option("--pruning/--no-pruning", help="stop trials whose validation score per epoch is below the median of earlier trials'", rich_help_panel=TUNE)] = True,  # noqa: E501
+    **options: Any,
+) -> None:
+    """Search training settings with Optuna, scored on validation: writes best.yaml (for train --config),
+    trials.csv, tune.json and a report with the optimisation history and the parameters' importances."""
+    from lastpool.data.tables import read_table
+    from lastpool.runs import check_output_dir, default_run_dir
+    from lastpool.tuning.report import outputs, write_outputs
+    from lastpool.tuning.space import check_space, default_space, read_space
+    from lastpool.tuning.study import TuneData, _main_metric, check_optuna, counted_trials, open_study, run_study
+
+    check_optuna()
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1 (got {trials})")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout must be above 0 seconds (got {timeout})")
+    cfg = _run_config(options)
+    out_dir = Path(cfg.out) if cfg.out else default_run_dir().with_name(f"tune-{default_run_dir().name}")
+    check_output_dir(out_dir)
+    searched = read_space(space) if space is not None else default_space(cfg)
+    check_space(searched, cfg)
+    table = _training_table(cfg)
+    assert table.labels is not None
+    held = read_table(cfg.eval_data, layout=table_layout(cfg)) if cfg.eval_data is not None else None
+    data = TuneData(table.texts, table.labels, table.pairs, held.texts if held else None,
+                    held.labels if held else None, held.pairs if held else None)
+    study = open_study(cfg, searched, data, storage, study_name, pruning)
+    metric = _main_metric(cfg, data)
+    with _tracked(cfg, out_dir, {"trials": trials, "study": study_name}) as tracking, \
+            _runs_progress(trials, bool(options.get("quiet"))) as progress:
+        task = progress.add_task("tune", total=trials, completed=counted_trials(study))
+        run_study(study, cfg, searched, data, trials, timeout, tracking,
+                  on_trial=lambda trial: progress.update(task, completed=counted_trials(study)))
+        files = outputs(cfg, study, searched, metric)
+        tracking.pause()
+        write_outputs(out_dir, files)
+        if "best.yaml" in files:
+            tracking.log_final({f"best_val/{metric}": float(study.best_value)})
+        tracking.log_files(out_dir)
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+    summary = (f"best: trial {study.best_trial.number}, validation {metric} {study.best_value:.4f}"
+               if "best.yaml" in files else "no trial finished")
+    (print if options.get("quiet") else err.print)(
+        f"tune saved to {out_dir}  ({len(finished)} trials finished in study {study_name!r}; {summary})")
+
+
+def _tracked(cfg: RunConfig, out_dir: Path, extra: dict[str, Any]) -> Tracking:
+    """cv/compare's parent run (every model trained is a child of it), told its settings now."""
+    from lastpool.tracking import Tracking
+
+    tracking = Tracking.open(cfg, out_dir)
+    tracking.started({**cfg.model_dump(mode="json"), **extra}, 0)
+    return tracking
+
+
 def _save_resampling(out_dir: Path, json_name: str, result: dict[str, Any], cfg: RunConfig, title: str,
-                     markdown: Any, page: Any) -> None:
-    """cv/compare outputs: the result JSON (with the config), config.yaml and the two reports, at once."""
+                     markdown: Any, page: Any, tracking: Tracking) -> None:
+    """cv/compare outputs: the result JSON (with the config), config.yaml and the two reports, at once (beside
+    TensorBoard's event files, when the folds wrote some)."""
     from lastpool.config import dump_yaml
 
     result["config"] = cfg.model_dump(mode="json")
     config_yaml = dump_yaml(cfg)
+    tracking.pause()
     _write_outputs(out_dir, {json_name: json.dumps(result, indent=2) + "\n", "config.yaml": config_yaml,
                              "report.md": markdown(result, title, config_yaml),
                              "report.html": page(result, title, config_yaml)})
