@@ -91,7 +91,7 @@ def test_compare_needs_two_values_and_valid_settings(tmp_path: Path, capsys: pyt
 
 def _fake_cv(scores: dict[str, list[float]]) -> Any:
     def fake(config: RunConfig, texts: Any, labels: Any, folds: int, seeds: Any, on_run: Any = None,
-             text_pairs: Any = None) -> dict:
+             text_pairs: Any = None, tracking: Any = None, run_prefix: str = "") -> dict:
         values = scores[config.pooling]
         runs = [{"scores": {"accuracy": v}} for v in values]
         return {"task": "single", "runs": runs, "summary": {"accuracy": summarize(values)}}
