@@ -34,6 +34,8 @@ import numpy as np
 from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
 from pretrained import DEFAULT_MODEL, lastpool_exe, timed
 
+from lastpool.fileio import atomic_write_text
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FPB = SHARED / "data" / "financial_phrasebank" / "sentences_allagree.txt"
 MARK_BEGIN, MARK_END = "<!-- predict_scale:begin -->", "<!-- predict_scale:end -->"
@@ -190,11 +192,37 @@ def render(args: argparse.Namespace, scale: list[dict[str, Any]], engines: list[
                          f"{speed / bf16:.2f}x | {row['agreement']:.2%} |")
     if processes:
         lines += ["", "| model | texts | 1 process s | 2 processes s | speed-up |", "|---|---|---|---|---|"]
-        for one, two in zip(processes[::2], processes[1::2], strict=True):
+        ones = [r for r in processes if r["processes"] == 1]
+        pairs = [(one, next(r for r in processes if r["processes"] == 2 and (r["model"], r["rows"]) ==
+                            (one["model"], one["rows"]))) for one in ones]
+        for one, two in pairs:
             lines.append(f"| {one['model']} | {one['rows']:,} | {one['seconds']:.1f} | {two['seconds']:.1f} | "
                          f"{one['seconds'] / two['seconds']:.2f}x |")
     lines += ["", MARK_END]
     return "\n".join(lines)
+
+
+class Results:
+    """Every row measured so far (``--json``): a later invocation measures only the rows still missing, so
+    the benchmark runs in parts on a machine shared with other work."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
+        self.rows: dict[str, list[dict[str, Any]]] = {k: saved.get(k, []) for k in ("scale", "engines", "processes")}
+
+    def scale(self, name: str, model: Path, rows: int, work: Path, processes: int, kind: str) -> dict[str, Any]:
+        found = next((r for r in self.rows[kind] if (r["model"], r["rows"], r["processes"]) == (name, rows, processes)),
+                     None)
+        if found is None:
+            found = scale_row(name, model, rows, work, processes)
+            self.rows[kind].append(found)
+            self.save()
+        return found
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic_write_text(self.path, json.dumps({"machine": machine_info(), **self.rows}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -202,29 +230,42 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="input sizes for the from-scratch model")
     parser.add_argument("--smol-sizes", default="10000", help="input sizes for SmolLM2 (empty: none)")
     parser.add_argument("--engine-texts", type=int, default=2000)
-    parser.add_argument("--process-rows", type=int, default=None, help="rows for 1 vs 2 processes (default: "
-                        "the largest of --sizes for scratch, of --smol-sizes for SmolLM2)")
+    parser.add_argument("--process-rows", type=int, default=None, help="rows for 1 vs 2 processes with the "
+                        "scratch model (default: the largest of --sizes up to 100,000)")
+    parser.add_argument("--smol-process-rows", type=int, default=None, help="the same for SmolLM2 (default: the "
+                        "largest of --smol-sizes up to 100,000)")
+    parser.add_argument("--skip-processes", action="store_true", help="leave out 1 vs 2 processes")
     parser.add_argument("--scratch-model", default=None)
     parser.add_argument("--smol-model", default=None)
     parser.add_argument("--work", default=None)
+    parser.add_argument("--json", type=Path, default=None, help="keep every row here; rows already in it are not "
+                        "measured again (the benchmark goes on where it stopped)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="lastpool-predict-scale-"))
     work.mkdir(parents=True, exist_ok=True)
+    results = Results(args.json)
     scratch = trained("scratch", args.scratch_model, work)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     smol_sizes = [int(s) for s in args.smol_sizes.split(",") if s]
     smol = trained("smol", args.smol_model, work) if smol_sizes or args.engine_texts else None
-    scale = [scale_row("scratch", scratch, n, work) for n in sizes]
-    scale += [scale_row("SmolLM2 (top-4)", smol, n, work) for n in smol_sizes if smol is not None]
-    engines = engine_rows(smol, args.engine_texts, work) if smol is not None and args.engine_texts else []
-    processes: list[dict[str, Any]] = []
-    for name, model, own in (("scratch", scratch, sizes), ("SmolLM2 (top-4)", smol, smol_sizes)):
-        if model is None or not own:
+    for n in sizes:
+        results.scale("scratch", scratch, n, work, 1, "scale")
+    for n in smol_sizes if smol is not None else []:
+        results.scale("SmolLM2 (top-4)", smol, n, work, 1, "scale")
+    if smol is not None and args.engine_texts and not results.rows["engines"]:
+        results.rows["engines"] = engine_rows(smol, args.engine_texts, work)
+        results.save()
+    for name, model, own, given in (("scratch", scratch, sizes, args.process_rows),
+                                    ("SmolLM2 (top-4)", smol, smol_sizes, args.smol_process_rows)):
+        if model is None or not own or args.skip_processes:
             continue
-        rows = args.process_rows or max(own)
-        processes += [scale_row(name, model, rows, work, 1), scale_row(name, model, rows, work, 2)]
-    publish(render(args, scale, engines, processes), MARK_BEGIN, MARK_END, write=not args.no_write)
+        rows = given or max([n for n in own if n <= 100_000] or [min(own)])
+        results.scale(name, model, rows, work, 1, "processes")
+        results.scale(name, model, rows, work, 2, "processes")
+    scale = sorted(results.rows["scale"], key=lambda r: (r["model"] != "scratch", r["model"], r["rows"]))
+    publish(render(args, scale, results.rows["engines"], results.rows["processes"]), MARK_BEGIN, MARK_END,
+            write=not args.no_write)
 
 
 if __name__ == "__main__":
