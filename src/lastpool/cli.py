@@ -410,7 +410,7 @@ def tune_settings(
     from lastpool.runs import check_output_dir, default_run_dir
     from lastpool.tuning.report import outputs, write_outputs
     from lastpool.tuning.space import check_space, default_space, read_space
-    from lastpool.tuning.study import TuneData, _main_metric, check_optuna, counted_trials, open_study, run_study
+    from lastpool.tuning.study import TuneData, check_optuna, counted_trials, main_metric_of, open_study, run_study
 
     check_optuna()
     if trials < 1:
@@ -428,7 +428,7 @@ def tune_settings(
     data = TuneData(table.texts, table.labels, table.pairs, held.texts if held else None,
                     held.labels if held else None, held.pairs if held else None)
     study = open_study(cfg, searched, data, storage, study_name, pruning)
-    metric = _main_metric(cfg, data)
+    metric = main_metric_of(cfg, data)
     with _tracked(cfg, out_dir, {"trials": trials, "study": study_name}) as tracking, \
             _runs_progress(trials, bool(options.get("quiet"))) as progress:
         task = progress.add_task("tune", total=trials, completed=counted_trials(study))

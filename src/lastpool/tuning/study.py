@@ -145,7 +145,7 @@ def run_study(study: Any, config: RunConfig, space: Space, data: TuneData, trial
         child = tracking.child(f"trial-{trial.number}")
         started = time.perf_counter()
         clf = Classifier(trial_config)
-        observers: list[Any] = [PruningObserver(trial, _main_metric(trial_config, data))]
+        observers: list[Any] = [PruningObserver(trial, main_metric_of(trial_config, data))]
         if child.active:
             observers.append(child)
         try:
@@ -176,7 +176,7 @@ def run_study(study: Any, config: RunConfig, space: Space, data: TuneData, trial
     study.optimize(objective, timeout=timeout, callbacks=[budget], catch=(), gc_after_trial=True)
 
 
-def _main_metric(config: RunConfig, data: TuneData) -> str:
+def main_metric_of(config: RunConfig, data: TuneData) -> str:
     from lastpool.tasks import MultiLabel, Regression, SingleLabel, Task, infer_task
 
     name = config.task if config.task != "auto" else infer_task(list(data.labels))[0]
