@@ -259,19 +259,6 @@ def _report_run(clf: Classifier, cfg: RunConfig, run_dir: Path, quiet: bool) -> 
     err.print(summary)
 
 
-def _write_outputs(folder: Path, files: dict[str, str]) -> None:
-    """All of a command's output files at once (a staged folder renamed into place; what tracking wrote
-    into the folder meanwhile is carried over)."""
-    from lastpool.fileio import staged_dir
-    from lastpool.runs import keep_tracking_files
-
-    with staged_dir(folder, replace=folder.exists()) as tmp:
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if folder.exists():
-            keep_tracking_files(folder, tmp)
-
-
 def _runs_progress(total: int, quiet: bool) -> Progress:
     """One bar over the models a cv/compare trains; off with --quiet or when stderr is not a terminal."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -407,8 +394,8 @@ def tune_settings(
     """Search training settings with Optuna, scored on validation: writes best.yaml (for train --config),
     trials.csv, tune.json and a report with the optimisation history and the parameters' importances."""
     from lastpool.data.tables import read_table
-    from lastpool.runs import check_output_dir, default_run_dir
-    from lastpool.tuning.report import outputs, write_outputs
+    from lastpool.runs import check_output_dir, default_run_dir, write_output_folder
+    from lastpool.tuning.report import outputs
     from lastpool.tuning.space import check_space, default_space, read_space
     from lastpool.tuning.study import TuneData, check_optuna, counted_trials, main_metric_of, open_study, run_study
 
@@ -436,7 +423,7 @@ def tune_settings(
                   on_trial=lambda trial: progress.update(task, completed=counted_trials(study)))
         files = outputs(cfg, study, searched, metric)
         tracking.pause()
-        write_outputs(out_dir, files)
+        write_output_folder(out_dir, files)
         if "best.yaml" in files:
             tracking.log_final({f"best_val/{metric}": float(study.best_value)})
         tracking.log_files(out_dir)
@@ -464,8 +451,10 @@ def _save_resampling(out_dir: Path, json_name: str, result: dict[str, Any], cfg:
 
     result["config"] = cfg.model_dump(mode="json")
     config_yaml = dump_yaml(cfg)
+    from lastpool.runs import write_output_folder
+
     tracking.pause()
-    _write_outputs(out_dir, {json_name: json.dumps(result, indent=2) + "\n", "config.yaml": config_yaml,
+    write_output_folder(out_dir, {json_name: json.dumps(result, indent=2) + "\n", "config.yaml": config_yaml,
                              "report.md": markdown(result, title, config_yaml),
                              "report.html": page(result, title, config_yaml)})
 

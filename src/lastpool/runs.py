@@ -128,6 +128,21 @@ def keep_tracking_files(out: Path, staged: Path) -> None:
             shutil.copytree(out / name, staged / name)
 
 
+def write_output_folder(folder: Path, files: dict[str, str | bytes]) -> None:
+    """A command's output folder at once (cv, compare, tune): staged, then renamed into place, with what
+    tracking wrote into it meanwhile carried over. ``files``: text or bytes by relative path."""
+    with staged_dir(folder, replace=folder.exists()) as tmp:
+        for name, content in files.items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content, encoding="utf-8")
+        if folder.exists():
+            keep_tracking_files(folder, tmp)
+
+
 def write_run(clf: Classifier, out: Path, config: RunConfig, data: dict[str, Any] | None = None,
               replace: bool = False) -> Path:
     """Write the complete run directory to ``out`` atomically: model (with its model card), config,

@@ -20,6 +20,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from lastpool.config import RunConfig
 from lastpool.errors import CheckpointError, ConfigError
+from lastpool.tracking.run import TRACKING_FIELDS
 from lastpool.training.checkpoint import Checkpoint, CheckpointSettings, checkpoint_name, save_checkpoint
 from lastpool.training.inputs import TrainInputs, data_identity
 from lastpool.training.optimization import make_optimizer
@@ -27,8 +28,7 @@ from lastpool.training.precision import MasterWeights
 from lastpool.training.sharding import full_optimizer_state, full_trainable_state, shard, shard_optimizer_state
 
 # Fields that say how a run is driven, not what it computes: they may differ on --resume.
-RUN_CONTROL_FIELDS = frozenset({"out", "save_every", "keep_checkpoints", "num_processes", "report_to", "log_every",
-                                "tracking_uri", "experiment", "run_name"})
+RUN_CONTROL_FIELDS = frozenset({"out", "save_every", "keep_checkpoints", "num_processes", *TRACKING_FIELDS})
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -106,20 +105,3 @@ def _csv(rows: list[dict[str, Any]]) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return buffer.getvalue()
-
-
-def write_outputs(folder: Path, files: dict[str, str | bytes]) -> None:
-    """The tune folder at once (staged, then renamed)."""
-    from lastpool.fileio import staged_dir
-    from lastpool.runs import keep_tracking_files
-
-    with staged_dir(folder, replace=folder.exists()) as tmp:
-        for name, content in files.items():
-            path = tmp / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content, encoding="utf-8")
-        if folder.exists():
-            keep_tracking_files(folder, tmp)

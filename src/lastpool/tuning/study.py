@@ -83,10 +83,12 @@ def open_study(config: RunConfig, space: Space, data: TuneData, storage: str | N
     ConfigErrors before any trial runs."""
     import optuna
 
+    from lastpool.training.run_state import RUN_CONTROL_FIELDS
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     made_for: dict[str, Any] = {"space": space_json(space), "data": data.identity(),
                 "settings": {k: v for k, v in config.model_dump(mode="json").items()
-                             if k not in space and k not in _NOT_COMPARED}}
+                             if k not in space and k not in RUN_CONTROL_FIELDS | {"from_recipe"}}}
     # A seeded sampler repeats its draws: with a shared storage each process draws its own.
     seed = config.seed if storage is None else int.from_bytes(os.urandom(4), "little")
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruning
@@ -112,10 +114,6 @@ def open_study(config: RunConfig, space: Space, data: TuneData, storage: str | N
                           f"{' (' + ', '.join(differing) + ')' if differing else ''}; give another --study-name "
                           "or the same settings")
     return study
-
-
-_NOT_COMPARED = frozenset({"out", "report_to", "log_every", "tracking_uri", "experiment", "run_name", "from_recipe",
-                           "save_every", "keep_checkpoints", "num_processes"})
 
 
 def _engine_kwargs(storage: str) -> dict[str, Any]:
