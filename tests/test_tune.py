@@ -65,19 +65,18 @@ def test_tune_writes_a_best_config_that_train_takes(data: Path, tmp_path: Path) 
 
 
 def test_trials_below_the_median_are_pruned(data: Path, tmp_path: Path) -> None:
-    """A learning rate range from useless to fine: some trials fall behind the median at an epoch."""
+    """A learning rate range from useless to fine: some trials fall behind the median at an epoch. In memory,
+    so the sampler is seeded and the trials are the same every run."""
     space = _space(tmp_path, "lr: {low: 1.0e-6, high: 5.0e-2, log: true}\n")
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    assert main(["tune", "--data", str(data), "--trials", "8", "--space", str(space), "--storage", storage,
-                 "--out", str(tmp_path / "tune"), *LEARNING]) == 0
-    trials = _study(storage).get_trials()
-    states = [t.state.name for t in trials]
+    out = tmp_path / "tune"
+    assert main(["tune", "--data", str(data), "--trials", "8", "--space", str(space), "--out", str(out),
+                 *LEARNING]) == 0
+    trials = json.loads((out / "tune.json").read_text())["trials"]
+    states = [t["state"] for t in trials]
     assert len(trials) == 8 and "PRUNED" in states and "COMPLETE" in states
     for trial in trials:
-        if trial.state.name == "PRUNED":
-            assert max(trial.intermediate_values) < 4  # stopped before its last epoch
-        else:
-            assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+        # a pruned trial stopped before its last epoch; the others ran all 4
+        assert trial["epochs_run"] < 4 if trial["state"] == "PRUNED" else trial["epochs_run"] == 4
 
 
 def test_a_stopped_study_continues_where_it_was(data: Path, tmp_path: Path) -> None:
