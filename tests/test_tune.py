@@ -64,6 +64,18 @@ def test_tune_writes_a_best_config_that_train_takes(data: Path, tmp_path: Path) 
     assert trained["lr"] == pytest.approx(best["lr"]) and trained["data"] == str(data)
 
 
+def test_the_first_trial_is_the_run_as_configured(data: Path, tmp_path: Path) -> None:
+    """Trial 0 measures the settings the user gave (those inside the space), so tune's best is never below
+    the untuned run on validation; a value the space does not hold is drawn instead."""
+    space = _space(tmp_path, "lr: {low: 1.0e-4, high: 3.0e-2, log: true}\nbatch_size: {choices: [4, 16]}\n")
+    out = tmp_path / "tune"
+    assert main(["tune", "--data", str(data), "--trials", "2", "--space", str(space), "--no-pruning",
+                 "--out", str(out), *FLAGS, "--lr", "0.002", "--batch-size", "8"]) == 0
+    trials = json.loads((out / "tune.json").read_text())["trials"]
+    assert trials[0]["lr"] == pytest.approx(0.002) and trials[0]["batch_size"] in (4, 16)
+    assert trials[1]["lr"] != pytest.approx(0.002)
+
+
 def test_trials_below_the_median_are_pruned(data: Path, tmp_path: Path) -> None:
     """A learning rate range from useless to fine: some trials fall behind the median at an epoch. In memory,
     so the sampler is seeded and the trials are the same every run."""

@@ -86,6 +86,25 @@ def default_space(config: RunConfig) -> Space:
     return space
 
 
+def centre_of(space: Space, config: RunConfig) -> dict[str, Any]:
+    """``config``'s own values of the searched fields that the space holds: the study's first trial, so
+    the run as configured is measured and the best trial is never below it on validation."""
+    values: dict[str, Any] = {}
+    for name, param in space.items():
+        value = getattr(config, name)
+        if param.choices is not None:
+            inside = value in param.choices
+        else:
+            assert param.low is not None and param.high is not None
+            inside = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and param.low <= value <= param.high
+                      and (not param.is_int or (float(value).is_integer()
+                                                and (value - param.low) % (param.step or 1) == 0)))
+        if inside:
+            values[name] = value
+    return values
+
+
 def read_space(path: Path) -> Space:
     """A space file; anything malformed is a ConfigError naming the entry."""
     try:

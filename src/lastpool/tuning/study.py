@@ -22,7 +22,7 @@ from typing import Any
 from lastpool.config import RunConfig
 from lastpool.errors import ConfigError
 from lastpool.tracking import Tracking
-from lastpool.tuning.space import Space, space_json
+from lastpool.tuning.space import Space, centre_of, space_json
 
 COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")  # trial states that use up the budget
 STUDY_ATTR = "lastpool"  # the study's user attribute recording what it was made for
@@ -104,6 +104,8 @@ def open_study(config: RunConfig, space: Space, data: TuneData, storage: str | N
     recorded = study.user_attrs.get(STUDY_ATTR)
     if recorded is None:
         study.set_user_attr(STUDY_ATTR, made_for)
+        if centre := centre_of(space, config):
+            study.enqueue_trial(centre, skip_if_exists=True)
     elif recorded != made_for:
         what = next(k for k in ("space", "data", "settings") if recorded.get(k) != made_for[k])
         shown = {"space": "search space", "data": "data", "settings": "fixed settings"}[what]
