@@ -121,6 +121,24 @@ def test_layer_auto_scores_every_block_and_keeps_the_best(tmp_path: Path, llama_
     assert (run / "plots" / "layer_scores.png").is_file()
 
 
+def test_layer_scores_are_computed_once_per_input_in_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tuner's trials ask for the same layer search again: the second ask is answered without fitting a
+    probe, with the same scores; other labels or another seed are searched afresh."""
+    from lastpool.training import layer_search
+
+    features = torch.randn(24, 3, 8, generator=torch.Generator().manual_seed(0))
+    labels = [0, 1, 2] * 8
+    fits = []
+    real = layer_search._cross_validated
+    monkeypatch.setattr(layer_search, "_cross_validated", lambda *a: fits.append(a[2]) or real(*a))
+    monkeypatch.setattr(layer_search, "_SCORED", {})
+    first = layer_search.score_layers(features, labels, seed=5)
+    assert layer_search.score_layers(features.clone(), list(labels), seed=5) == first and len(fits) == 1
+    layer_search.score_layers(features, labels, seed=6)
+    layer_search.score_layers(features, labels[1:] + labels[:1], seed=5)
+    assert len(fits) == 3 and len(first) == 3
+
+
 def test_layer_auto_refused_for_scratch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     texts, labels = demo_sample()
     data = write_csv(tmp_path / "d.csv", texts, labels)

@@ -9,6 +9,8 @@ measurement); the best block wins.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +28,9 @@ from lastpool.models.pooling import pool, pooled_index
 from lastpool.training.inference import batched_forward, inference_module
 
 PROBE_ALPHAS = (1.0, 10.0, 100.0, 1000.0)  # ridge strengths the probe chooses from (efficient leave-one-out)
+# Layer scores already computed in this process, by a digest of their inputs (oldest dropped first).
+_SCORED: dict[str, list[float]] = {}
+_SCORED_KEPT = 8
 
 
 def pooled_every_layer(backbone: HFBackbone, pooling: str, ids: Sequence[list[int]], pad_token_id: int,
@@ -54,8 +59,22 @@ def pooled_every_layer(backbone: HFBackbone, pooling: str, ids: Sequence[list[in
 def score_layers(features: torch.Tensor, labels: Sequence[Any], seed: int = 0, folds: int = 3,
                  classes: bool = True) -> list[float]:
     """Cross-validated accuracy of a standardized ridge probe on each layer's features (training data only);
-    not ``classes`` (multi-label 0/1 rows, or values): the R² of a ridge regression onto the targets."""
+    not ``classes`` (multi-label 0/1 rows, or values): the R² of a ridge regression onto the targets.
+
+    Kept in this process by a digest of the inputs: ``lastpool tune``'s trials change training settings,
+    not the data, and each would otherwise repeat this search (the bulk of a probe trial)."""
     y = np.asarray(labels)
+    digest = hashlib.sha256(features.contiguous().numpy().tobytes())
+    digest.update(json.dumps([y.tolist(), seed, folds, classes]).encode())
+    key = digest.hexdigest()
+    if key not in _SCORED:
+        if len(_SCORED) >= _SCORED_KEPT:
+            del _SCORED[next(iter(_SCORED))]
+        _SCORED[key] = _cross_validated(features, y, seed, folds, classes)
+    return list(_SCORED[key])
+
+
+def _cross_validated(features: torch.Tensor, y: np.ndarray, seed: int, folds: int, classes: bool) -> list[float]:
     if not classes:
         return [float(cross_val_score(make_pipeline(StandardScaler(), RidgeCV(alphas=PROBE_ALPHAS)),
                                       features[:, layer].numpy().astype(np.float64), y,
