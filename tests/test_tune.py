@@ -65,15 +65,27 @@ def test_tune_writes_a_best_config_that_train_takes(data: Path, tmp_path: Path) 
 
 
 def test_the_first_trial_is_the_run_as_configured(data: Path, tmp_path: Path) -> None:
-    """Trial 0 measures the settings the user gave (those inside the space), so tune's best is never below
-    the untuned run on validation; a value the space does not hold is drawn instead."""
-    space = _space(tmp_path, "lr: {low: 1.0e-4, high: 3.0e-2, log: true}\nbatch_size: {choices: [4, 16]}\n")
+    """Trial 0 measures the settings the user gave, each brought into the space (a weight decay of 0 to the
+    range's low end), so tune's best is not below the untuned run on validation; a value missing from
+    choices is drawn instead."""
+    space = _space(tmp_path, "lr: {low: 1.0e-4, high: 3.0e-2, log: true}\nbatch_size: {choices: [4, 16]}\n"
+                             "weight_decay: {low: 0.01, high: 0.1}\n")
     out = tmp_path / "tune"
     assert main(["tune", "--data", str(data), "--trials", "2", "--space", str(space), "--no-pruning",
-                 "--out", str(out), *FLAGS, "--lr", "0.002", "--batch-size", "8"]) == 0
+                 "--out", str(out), *FLAGS, "--lr", "0.002", "--batch-size", "8", "--weight-decay", "0"]) == 0
     trials = json.loads((out / "tune.json").read_text())["trials"]
-    assert trials[0]["lr"] == pytest.approx(0.002) and trials[0]["batch_size"] in (4, 16)
-    assert trials[1]["lr"] != pytest.approx(0.002)
+    assert trials[0]["lr"] == pytest.approx(0.002) and trials[0]["weight_decay"] == pytest.approx(0.01)
+    assert trials[0]["batch_size"] in (4, 16) and trials[1]["lr"] != pytest.approx(0.002)
+
+
+def test_the_pruner_waits_for_finished_trials_and_a_quarter_of_the_epochs() -> None:
+    from lastpool.config import RunConfig
+    from lastpool.tuning.study import pruner_for
+
+    pruner = pruner_for(RunConfig(epochs=40), trials=20)
+    assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (5, 10)
+    pruner = pruner_for(RunConfig(epochs="auto"), trials=6)
+    assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (2, 1)
 
 
 def test_trials_below_the_median_are_pruned(data: Path, tmp_path: Path) -> None:

@@ -414,7 +414,7 @@ def tune_settings(
     held = read_table(cfg.eval_data, layout=table_layout(cfg)) if cfg.eval_data is not None else None
     data = TuneData(table.texts, table.labels, table.pairs, held.texts if held else None,
                     held.labels if held else None, held.pairs if held else None)
-    study = open_study(cfg, searched, data, storage, study_name, pruning)
+    study = open_study(cfg, searched, data, storage, study_name, pruning, trials)
     metric = main_metric_of(cfg, data)
     with _tracked(cfg, out_dir, {"trials": trials, "study": study_name}) as tracking, \
             _runs_progress(trials, bool(options.get("quiet"))) as progress:

@@ -87,21 +87,25 @@ def default_space(config: RunConfig) -> Space:
 
 
 def centre_of(space: Space, config: RunConfig) -> dict[str, Any]:
-    """``config``'s own values of the searched fields that the space holds: the study's first trial, so
-    the run as configured is measured and the best trial is never below it on validation."""
+    """``config``'s own values of the searched fields, each brought to the nearest value the space holds (a
+    weight decay of 0 to a log range's low end): the study's first trial, so the run as configured is
+    measured and the best trial is not below it on validation. A value missing from choices is drawn."""
     values: dict[str, Any] = {}
     for name, param in space.items():
         value = getattr(config, name)
         if param.choices is not None:
-            inside = value in param.choices
-        else:
-            assert param.low is not None and param.high is not None
-            inside = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                      and param.low <= value <= param.high
-                      and (not param.is_int or (float(value).is_integer()
-                                                and (value - param.low) % (param.step or 1) == 0)))
-        if inside:
-            values[name] = value
+            if value in param.choices:
+                values[name] = value
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue  # "auto" and the like: the sampler draws it
+        assert param.low is not None and param.high is not None
+        near = min(max(value, param.low), param.high)
+        if param.is_int:
+            step = param.step or 1
+            near = int(param.low) + step * round((near - param.low) / step)
+            near = min(near, int(param.high) - (int(param.high) - int(param.low)) % step)
+        values[name] = near
     return values
 
 

@@ -45,12 +45,13 @@ class TuneData:
 
 
 class PruningObserver:
-    """Reports each epoch's validation main score to the trial and stops the trial when the pruner says so."""
+    """Reports the best validation main score so far after each epoch, and stops the trial when the pruner
+    says so."""
 
     log_every = 10**9  # no steps: epochs only
 
     def __init__(self, trial: Any, metric: str) -> None:
-        self.trial, self.metric = trial, metric
+        self.trial, self.metric, self.best = trial, metric, float("-inf")
 
     def started(self, params: dict[str, Any], step: int) -> None:
         pass
@@ -62,9 +63,11 @@ class PruningObserver:
         import optuna
 
         value = float(record[f"val_{self.metric}"])
-        self.trial.report(value if value == value else float("-inf"), int(record["epoch"]))
+        # the best epoch so far: what the trial would keep if it stopped now, and steadier than one epoch
+        self.best = max(self.best, value if value == value else float("-inf"))
+        self.trial.report(self.best, int(record["epoch"]))
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"epoch {record['epoch']}: validation {self.metric} {value:.4f}")
+            raise optuna.TrialPruned(f"epoch {record['epoch']}: best validation {self.metric} {self.best:.4f}")
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -78,7 +81,7 @@ def check_optuna() -> None:
 
 
 def open_study(config: RunConfig, space: Space, data: TuneData, storage: str | None, name: str,
-               pruning: bool) -> Any:
+               pruning: bool, trials: int) -> Any:
     """The study (created, or loaded from ``storage`` and checked to be the same search); errors are
     ConfigErrors before any trial runs."""
     import optuna
@@ -91,8 +94,7 @@ def open_study(config: RunConfig, space: Space, data: TuneData, storage: str | N
                              if k not in space and k not in RUN_CONTROL_FIELDS | {"from_recipe"}}}
     # A seeded sampler repeats its draws: with a shared storage each process draws its own.
     seed = config.seed if storage is None else int.from_bytes(os.urandom(4), "little")
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruning
-              else optuna.pruners.NopPruner())
+    pruner = pruner_for(config, trials) if pruning else optuna.pruners.NopPruner()
     try:
         backend = (optuna.storages.RDBStorage(storage, engine_kwargs=_engine_kwargs(storage))
                    if storage is not None else None)
@@ -116,6 +118,17 @@ def open_study(config: RunConfig, space: Space, data: TuneData, storage: str | N
                           f"{' (' + ', '.join(differing) + ')' if differing else ''}; give another --study-name "
                           "or the same settings")
     return study
+
+
+def pruner_for(config: RunConfig, trials: int) -> Any:
+    """Median pruning that first lets a few trials finish (up to 5, a quarter of the budget) and judges a
+    trial only after a quarter of its epochs: a trial's best score so far early in training says more
+    about its learning rate than about where it ends."""
+    import optuna
+
+    epochs = config.epochs if isinstance(config.epochs, int) else 4
+    return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, trials // 4)),
+                                       n_warmup_steps=max(1, epochs // 4))
 
 
 def _engine_kwargs(storage: str) -> dict[str, Any]:
