@@ -153,12 +153,15 @@ def engine_rows(run: Path, n: int, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def render(args: argparse.Namespace, scale: list[dict[str, Any]], engines: list[dict[str, Any]],
-           processes: list[dict[str, Any]]) -> str:
+def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], processes: list[dict[str, Any]],
+           machines: dict[str, str]) -> str:
+    """The block; each table names the machine its rows were measured on (``--json`` keeps rows measured
+    by earlier invocations, which may have run on another machine)."""
     lines = [MARK_BEGIN, "## Batch prediction at scale (issue 18, `benchmarks/predict_scale.py`)", "",
-             f"`{command_line('predict_scale.py')}` on {machine_info()}. Input: `sentences_allagree.txt` repeated "
-             "and numbered; each predict is its own process (`--keep-cols id`, Parquet out) under "
-             "`/usr/bin/time -v`: wall and peak RSS include start-up and model loading.", "",
+             f"`{command_line('predict_scale.py')}` (the last invocation; this machine: {machine_info()}). Input: "
+             "`sentences_allagree.txt` repeated and numbered; each predict is its own process (`--keep-cols id`, "
+             "Parquet out) under `/usr/bin/time -v`: wall and peak RSS include start-up and model loading.", "",
+             f"Sizes, measured on {machines.get('scale', '-')}.", "",
              "Marginal: the extra seconds per 1k texts over the model's previous size (start-up cancels out; "
              "equal values down a model's rows mean time linear in the input).", "",
              "| model | texts | wall s | texts/s | s per 1k texts | marginal s per 1k texts | peak RSS MiB |",
@@ -183,7 +186,7 @@ def render(args: argparse.Namespace, scale: list[dict[str, Any]], engines: list[
         bf16 = next(r["texts_per_s"] for r in engines if r["engine"] == "lastpool bf16")
         lines += ["", f"Same weights (SmolLM2 default model, the language model alone), {engines[0]['texts']:,} "
                   "texts in this process after a warm-up (fewer: every 10th of them); agreement: labels equal to "
-                  "lastpool fp32's on the same texts.", "",
+                  f"lastpool fp32's on the same texts. Measured on {machines.get('engines', '-')}.", "",
                   "| engine | texts | texts/s | vs lastpool fp32 | vs lastpool bf16 | label agreement |",
                   "|---|---|---|---|---|---|"]
         for row in engines:
@@ -191,7 +194,8 @@ def render(args: argparse.Namespace, scale: list[dict[str, Any]], engines: list[
             lines.append(f"| {row['engine']} | {row['texts']:,} | {speed:.1f} | {speed / fp32:.2f}x | "
                          f"{speed / bf16:.2f}x | {row['agreement']:.2%} |")
     if processes:
-        lines += ["", "| model | texts | 1 process s | 2 processes s | speed-up |", "|---|---|---|---|---|"]
+        lines += ["", f"One process against two, measured on {machines.get('processes', '-')}.", "",
+                  "| model | texts | 1 process s | 2 processes s | speed-up |", "|---|---|---|---|---|"]
         ones = [r for r in processes if r["processes"] == 1]
         pairs = [(one, next(r for r in processes if r["processes"] == 2 and (r["model"], r["rows"]) ==
                             (one["model"], one["rows"]))) for one in ones]
@@ -210,6 +214,9 @@ class Results:
         self.path = path
         saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
         self.rows: dict[str, list[dict[str, Any]]] = {k: saved.get(k, []) for k in ("scale", "engines", "processes")}
+        # Files written before machines were kept per part name one machine for all of them.
+        self.machines: dict[str, str] = saved.get("machines") or {k: saved["machine"] for k, v in self.rows.items()
+                                                                  if v and "machine" in saved}
 
     def scale(self, name: str, model: Path, rows: int, work: Path, processes: int, kind: str) -> dict[str, Any]:
         found = next((r for r in self.rows[kind] if (r["model"], r["rows"], r["processes"]) == (name, rows, processes)),
@@ -217,12 +224,13 @@ class Results:
         if found is None:
             found = scale_row(name, model, rows, work, processes)
             self.rows[kind].append(found)
+            self.machines[kind] = machine_info()
             self.save()
         return found
 
     def save(self) -> None:
         if self.path is not None:
-            atomic_write_text(self.path, json.dumps({"machine": machine_info(), **self.rows}, indent=1) + "\n")
+            atomic_write_text(self.path, json.dumps({"machines": self.machines, **self.rows}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -255,6 +263,7 @@ def main() -> None:
         results.scale("SmolLM2 (top-4)", smol, n, work, 1, "scale")
     if smol is not None and args.engine_texts and not results.rows["engines"]:
         results.rows["engines"] = engine_rows(smol, args.engine_texts, work)
+        results.machines["engines"] = machine_info()
         results.save()
     for name, model, own, given in (("scratch", scratch, sizes, args.process_rows),
                                     ("SmolLM2 (top-4)", smol, smol_sizes, args.smol_process_rows)):
@@ -264,7 +273,7 @@ def main() -> None:
         results.scale(name, model, rows, work, 1, "processes")
         results.scale(name, model, rows, work, 2, "processes")
     scale = sorted(results.rows["scale"], key=lambda r: (r["model"] != "scratch", r["model"], r["rows"]))
-    publish(render(args, scale, results.rows["engines"], results.rows["processes"]), MARK_BEGIN, MARK_END,
+    publish(render(scale, results.rows["engines"], results.rows["processes"], results.machines), MARK_BEGIN, MARK_END,
             write=not args.no_write)
 
 
