@@ -153,15 +153,18 @@ def engine_rows(run: Path, n: int, work: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], processes: list[dict[str, Any]],
-           machines: dict[str, str]) -> str:
-    """The block; each table names the machine its rows were measured on (``--json`` keeps rows measured
-    by earlier invocations, which may have run on another machine)."""
+def machines_of(rows: list[dict[str, Any]]) -> str:
+    """The machines a table's rows were measured on (``--json`` keeps rows of earlier invocations, which may
+    have run on another machine)."""
+    return "; ".join(dict.fromkeys(r.get("machine", "-") for r in rows))
+
+
+def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], processes: list[dict[str, Any]]) -> str:
     lines = [MARK_BEGIN, "## Batch prediction at scale (issue 18, `benchmarks/predict_scale.py`)", "",
              f"`{command_line('predict_scale.py')}` (the last invocation; this machine: {machine_info()}). Input: "
              "`sentences_allagree.txt` repeated and numbered; each predict is its own process (`--keep-cols id`, "
              "Parquet out) under `/usr/bin/time -v`: wall and peak RSS include start-up and model loading.", "",
-             f"Sizes, measured on {machines.get('scale', '-')}.", "",
+             f"Sizes, measured on {machines_of(scale)}.", "",
              "Marginal: the extra seconds per 1k texts over the model's previous size (start-up cancels out; "
              "equal values down a model's rows mean time linear in the input).", "",
              "| model | texts | wall s | texts/s | s per 1k texts | marginal s per 1k texts | peak RSS MiB |",
@@ -186,7 +189,7 @@ def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], processes
         bf16 = next(r["texts_per_s"] for r in engines if r["engine"] == "lastpool bf16")
         lines += ["", f"Same weights (SmolLM2 default model, the language model alone), {engines[0]['texts']:,} "
                   "texts in this process after a warm-up (fewer: every 10th of them); agreement: labels equal to "
-                  f"lastpool fp32's on the same texts. Measured on {machines.get('engines', '-')}.", "",
+                  f"lastpool fp32's on the same texts. Measured on {machines_of(engines)}.", "",
                   "| engine | texts | texts/s | vs lastpool fp32 | vs lastpool bf16 | label agreement |",
                   "|---|---|---|---|---|---|"]
         for row in engines:
@@ -194,7 +197,7 @@ def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], processes
             lines.append(f"| {row['engine']} | {row['texts']:,} | {speed:.1f} | {speed / fp32:.2f}x | "
                          f"{speed / bf16:.2f}x | {row['agreement']:.2%} |")
     if processes:
-        lines += ["", f"One process against two, measured on {machines.get('processes', '-')}.", "",
+        lines += ["", f"One process against two, measured on {machines_of(processes)}.", "",
                   "| model | texts | 1 process s | 2 processes s | speed-up |", "|---|---|---|---|---|"]
         ones = [r for r in processes if r["processes"] == 1]
         pairs = [(one, next(r for r in processes if r["processes"] == 2 and (r["model"], r["rows"]) ==
@@ -214,23 +217,20 @@ class Results:
         self.path = path
         saved = json.loads(path.read_text()) if path is not None and path.exists() else {}
         self.rows: dict[str, list[dict[str, Any]]] = {k: saved.get(k, []) for k in ("scale", "engines", "processes")}
-        # Files written before machines were kept per part name one machine for all of them.
-        self.machines: dict[str, str] = saved.get("machines") or {k: saved["machine"] for k, v in self.rows.items()
-                                                                  if v and "machine" in saved}
+
+    def add(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """Keep freshly measured rows, each stamped with this machine, and save at once."""
+        self.rows[kind] += [{**row, "machine": machine_info()} for row in rows]
+        if self.path is not None:
+            atomic_write_text(self.path, json.dumps(self.rows, indent=1) + "\n")
 
     def scale(self, name: str, model: Path, rows: int, work: Path, processes: int, kind: str) -> dict[str, Any]:
         found = next((r for r in self.rows[kind] if (r["model"], r["rows"], r["processes"]) == (name, rows, processes)),
                      None)
         if found is None:
-            found = scale_row(name, model, rows, work, processes)
-            self.rows[kind].append(found)
-            self.machines[kind] = machine_info()
-            self.save()
+            self.add(kind, [scale_row(name, model, rows, work, processes)])
+            found = self.rows[kind][-1]
         return found
-
-    def save(self) -> None:
-        if self.path is not None:
-            atomic_write_text(self.path, json.dumps({"machines": self.machines, **self.rows}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -262,9 +262,7 @@ def main() -> None:
     for n in smol_sizes if smol is not None else []:
         results.scale("SmolLM2 (top-4)", smol, n, work, 1, "scale")
     if smol is not None and args.engine_texts and not results.rows["engines"]:
-        results.rows["engines"] = engine_rows(smol, args.engine_texts, work)
-        results.machines["engines"] = machine_info()
-        results.save()
+        results.add("engines", engine_rows(smol, args.engine_texts, work))
     for name, model, own, given in (("scratch", scratch, sizes, args.process_rows),
                                     ("SmolLM2 (top-4)", smol, smol_sizes, args.smol_process_rows)):
         if model is None or not own or args.skip_processes:
@@ -273,7 +271,7 @@ def main() -> None:
         results.scale(name, model, rows, work, 1, "processes")
         results.scale(name, model, rows, work, 2, "processes")
     scale = sorted(results.rows["scale"], key=lambda r: (r["model"] != "scratch", r["model"], r["rows"]))
-    publish(render(scale, results.rows["engines"], results.rows["processes"], results.machines), MARK_BEGIN, MARK_END,
+    publish(render(scale, results.rows["engines"], results.rows["processes"]), MARK_BEGIN, MARK_END,
             write=not args.no_write)
 
 
