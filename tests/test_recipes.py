@@ -11,7 +11,7 @@ import pytest
 from lastpool import Classifier
 from lastpool.cli import main
 from lastpool.config import RunConfig, make_config, resolve_config
-from lastpool.recipes import RECIPE_FIELDS, RECIPES, auto_epochs, recipe, recipe_table
+from lastpool.recipes import DEFAULT_MODES, RECIPE_FIELDS, RECIPES, auto_epochs, recipe, recipe_table
 from tests.conftest import REPO, TINY_FLAGS, TINY_KW, demo_sample, write_csv
 from tests.test_pretrained import llama_folder  # noqa: F401 - a fixture
 
@@ -131,6 +131,18 @@ def test_no_mode_means_the_kinds_default_mode_and_the_user_mode_wins() -> None:
     assert chosen.mode == "full" and "mode" not in chosen.from_recipe
     # A mode that came from the table is re-resolved when the model changes.
     assert Classifier(config=scratch, model="m.gguf").config.mode == "top-4"
+
+
+def test_text_pairs_default_to_twice_the_trained_blocks_and_the_user_mode_still_wins() -> None:
+    """Rows that are text pairs take the pair default for a pretrained model (the same ``top`` row, so the
+    same depth and optimiser), and nothing changes for a from-scratch model or a mode the user named."""
+    pairs = make_config({"model": "m.gguf", "text_pair_col": "b"})
+    assert pairs.mode == DEFAULT_MODES[("pretrained", True)] == "top-8" and "mode" in pairs.from_recipe
+    assert pairs.layer == "middle" and pairs.lr == RECIPES[("pretrained", "top")]["lr"]
+    assert make_config({"text_pair_col": "b"}).mode == "full"
+    assert make_config({"model": "m.gguf", "text_pair_col": "b", "mode": "top-4"}).mode == "top-4"
+    scratch_pairs = make_config({"text_pair_col": "b"})
+    assert Classifier(config=scratch_pairs, model="m.gguf").config.mode == "top-8"
 
 
 def test_fusion_follows_the_baseline_and_stays_out_of_zero_shot() -> None:

@@ -56,7 +56,7 @@ from lastpool.models.gpt import GPTConfig
 from lastpool.models.label_head import CONTENT_FREE, content_free_bias, label_rows, output_embeddings
 from lastpool.models.lora import apply_lora, merge_lora
 from lastpool.progress import status
-from lastpool.recipes import auto_epochs
+from lastpool.recipes import auto_epochs, default_mode
 from lastpool.tasks import (
     Regression,
     SingleLabel,
@@ -242,10 +242,15 @@ class TrainingSplit:
                    train_pairs=pick(checked_pairs, train_idx), val_pairs=pick(checked_pairs, val_idx), task_note=note)
 
 
-def _for_task(cfg: RunConfig, task: TaskName) -> RunConfig:
-    """``cfg`` for the run's task: ``task: auto`` replaced by the task the labels chose, and a regression's head
-    given a bias where the recipe (not the user) left it out, since the bias holds the targets' mean (checked
-    again, as given)."""
+def _for_task(cfg: RunConfig, task: TaskName, pairs: bool) -> RunConfig:
+    """``cfg`` for the run's task: ``task: auto`` replaced by the task the labels chose, the mode the recipe
+    chose made the pair default where ``fit`` was given text pairs that no ``text_pair_col`` announced (with
+    that mode's row), and a regression's head given a bias where the recipe (not the user) left it out, since
+    the bias holds the targets' mean (checked again, as given)."""
+    mode = default_mode(cfg.model, pairs)
+    if "mode" in cfg.from_recipe and cfg.mode != mode:
+        cfg = make_config({**without_recipe({**cfg.model_dump(exclude_unset=True), "from_recipe": cfg.from_recipe}),
+                           "mode": mode, "from_recipe": ["mode"]}, source="Classifier")
     values = {**cfg.model_dump(exclude_unset=True), "task": task, "from_recipe": cfg.from_recipe}
     if task == "regression" and not cfg.head_bias and "head_bias" in cfg.from_recipe:
         values["head_bias"] = True
@@ -458,7 +463,7 @@ class Classifier:
         task, self.task_note = (infer_task(list(labels)) if self.config.task == AUTO
                                 else (cast(TaskName, self.config.task), None))
         # resolved here, like the epochs: config.yaml records what the run did
-        cfg = self.config = _for_task(self.config, task)
+        cfg = self.config = _for_task(self.config, task, pairs=text_pairs is not None)
         split = TrainingSplit.of(cfg, texts, labels, eval_texts, eval_labels, data_name, eval_name, text_pairs,
                                  eval_text_pairs)
         if cfg.epochs == AUTO:  # resolved here, where the data size is known; config.yaml records the number

@@ -187,7 +187,7 @@ class RunConfig(BaseModel):
         description="full, lora, probe (frozen backbone: a head on cached pooled features), top-N (train the last N "
         "blocks; the frozen ones run once) or zeroshot (no training: the LM's scores for the label words, calibrated)",
         json_schema_extra=flag(
-            OPTIMISATION, shown="auto: full for scratch, top-4 for a pretrained model",
+            OPTIMISATION, shown="auto: full for scratch, top-4 for a pretrained model (top-8 on text pairs)",
             doc="`full` fine-tune; `zeroshot`: no training, the head holds the LM's output rows for the label words "
             "and a contextual-calibration bias (needs label names that are words, or `--label-names`); `lora`: PEFT "
             "LoRA adapters plus a fully trained head (the model folder stores the adapter, the head and the base "
@@ -347,7 +347,7 @@ class RunConfig(BaseModel):
             values = {**values, "fuse_baseline": False,
                       "from_recipe": sorted({*values.get("from_recipe", []), "fuse_baseline"})}
         if values.get("mode", AUTO) == AUTO:  # the mode first: the row depends on it
-            values = {**values, "mode": default_mode(model),
+            values = {**values, "mode": default_mode(model, pairs=values.get("text_pair_col") is not None),
                       "from_recipe": sorted({*values.get("from_recipe", []), "mode"})}
         row = recipe(model, str(values["mode"]))
         filled = [name for name in row if name not in values]

@@ -47,12 +47,16 @@ RECIPES: dict[tuple[Kind, str], dict[str, Any]] = {
 RECIPE_FIELDS = sorted({name for row in RECIPES.values() for name in row})
 
 
-# ``--mode auto`` (the default): what a run of each model kind trains when no mode is given.
-DEFAULT_MODES: dict[Kind, str] = {"scratch": "full", "pretrained": "top-4"}
+# ``--mode auto`` (the default): what a run trains when no mode is given, by model kind and by whether each
+# row is one text or a pair (``text_pair_col``). A pair task compares two texts token by token, and the
+# frozen half of the model does not do that comparison for it: twice the trained blocks, at the same depth.
+DEFAULT_MODES: dict[tuple[Kind, bool], str] = {("scratch", False): "full", ("scratch", True): "full",
+                                               ("pretrained", False): "top-4", ("pretrained", True): "top-8"}
 
 
-def default_mode(model: str) -> str:
-    return DEFAULT_MODES[kind_of(model)]
+def default_mode(model: str, pairs: bool = False) -> str:
+    """The mode ``auto`` stands for: ``pairs`` when the rows are text pairs."""
+    return DEFAULT_MODES[(kind_of(model), pairs)]
 
 
 def kind_of(model: str) -> Kind:
