@@ -256,7 +256,8 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="lastpool-tasks-"))
     work.mkdir(parents=True, exist_ok=True)
     saved = json.loads(args.json.read_text()) if args.json and args.json.exists() else {"results": []}
-    records: list[dict[str, Any]] = saved["results"]
+    # files of before each record named its machine carry one machine for all of them
+    records: list[dict[str, Any]] = [{"machine": saved.get("machine", "-"), **r} for r in saved["results"]]
     done = {(r["set"], r["seed"], r["row"]) for r in records}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in args.sets.split(","):
@@ -270,12 +271,11 @@ def main() -> None:
                     raise SystemExit(f"{row} on {name} seed {seed} takes lastpool's settings: run lastpool first")
                 record = {"set": name, "seed": seed, "row": row, "sample": args.sample, "limit": args.limit,
                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                          **run_row(args, row, name, data, seed, work, lastpool)}
+                          **run_row(args, row, name, data, seed, work, lastpool), "machine": machine_info()}
                 records.append(record)
                 print(json.dumps(record), flush=True)
                 if args.json:
-                    atomic_write_text(args.json, json.dumps({"machine": machine_info(), "results": records},
-                                                            indent=1) + "\n")
+                    atomic_write_text(args.json, json.dumps({"results": records}, indent=1) + "\n")
     publish(render(args, records), MARK_BEGIN, MARK_END, write=not args.no_write)
 
 
@@ -333,10 +333,11 @@ def render(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
         return sorted((r for r in records if r["set"] == name and r["row"] == row), key=lambda r: r["seed"])
 
     lines = [MARK_BEGIN, "## Tasks: multi-label, regression and pairs against Trainer (issue 17)", "",
-             f"`{command_line('tasks.py')}` (with `--json`, runs of earlier invocations kept) on {machine_info()}. "
-             "Scores on each set's dev file, mean ± std over the seeds named; wall seconds of the whole training "
-             "process (bag-of-words: fit and score, in-process); ratio: lastpool / Trainer wall, seed by seed "
-             "(median over the seeds both ran).", "",
+             f"`{command_line('tasks.py')}` (the last invocation, on {machine_info()}; with `--json`, runs of "
+             "earlier invocations kept). Scores on each set's dev file, mean ± std over the seeds named; wall "
+             "seconds of the whole training process, median over the seeds (bag-of-words: fit and score, "
+             "in-process); ratio: lastpool / Trainer wall, seed by seed, median over the seeds both ran on the "
+             "same machine (the list under the table says which machine ran what).", "",
              "| set | lastpool settings | score | lastpool (default) | Trainer | bag-of-words | lastpool s | "
              "Trainer s | wall ratio |", "|---|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["set"] for r in records):
@@ -344,7 +345,9 @@ def render(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
         if not mine:
             continue
         both = {r["seed"]: r for r in theirs}
-        ratios = [r["seconds"] / both[r["seed"]]["seconds"] for r in mine if r["seed"] in both]
+        # a wall-time ratio only where both ran on one machine (accuracy does not depend on which)
+        ratios = [r["seconds"] / both[r["seed"]]["seconds"] for r in mine
+                  if r["seed"] in both and both[r["seed"]]["machine"] == r["machine"]]
         s = mine[0]["settings"]
         setting = f"{s['mode']}, {s['epochs']} epochs, max length {s['max_length']}, batch {s['batch_size']}"
         for score in mine[0]["scores"]:
@@ -357,6 +360,17 @@ def render(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
                 f"{np.median([r['seconds'] for r in mine]):.0f} | "
                 f"{np.median([r['seconds'] for r in theirs]) if theirs else float('nan'):.0f} | "
                 f"{np.median(ratios) if ratios else float('nan'):.3f} |")
+    machines = {m: f"M{i + 1}" for i, m in enumerate(dict.fromkeys(r["machine"] for r in records))}
+    lines += ["", "Machines: " + "; ".join(f"{short} = {m}" for m, short in machines.items()) + ".", ""]
+    for name in dict.fromkeys(r["set"] for r in records):
+        where = []
+        for row in ROWS:
+            done = runs(name, row)
+            seeds = {short: [str(r["seed"]) for r in done if machines[r["machine"]] == short]
+                     for short in dict.fromkeys(machines[r["machine"]] for r in done)}
+            where.append(f"{row} " + ", ".join(f"seed{'s' * (len(s) > 1)} {','.join(s)} on {m}"
+                                               for m, s in seeds.items()))
+        lines.append(f"- {name}: " + "; ".join(where))
     lines += ["", MARK_END]
     return "\n".join(lines)
 
