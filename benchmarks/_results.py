@@ -8,7 +8,6 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 from lastpool.fileio import atomic_write_text
 
@@ -36,12 +35,6 @@ def write_section(block: str, begin: str, end: str, results: Path = RESULTS) -> 
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(results, text)
-
-
-def machines_of(rows: list[dict[str, Any]]) -> str:
-    """The machines a table's rows were measured on (``--json`` keeps rows of earlier invocations, which may
-    have run on another machine)."""
-    return "; ".join(dict.fromkeys(r.get("machine", "-") for r in rows))
 
 
 def machine_info(threads: str | None = None) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _results import command_line, machine_info, machines_of, publish  # benchmarks/ is on sys.path when run as a script
+from _results import command_line, machine_info, publish  # benchmarks/ is on sys.path when run as a script
 from pretrained import DEFAULT_MODEL, lastpool_exe, timed
 
 from lastpool.fileio import atomic_write_text
@@ -151,6 +151,12 @@ def engine_rows(run: Path, n: int, work: Path) -> list[dict[str, Any]]:
         print(json.dumps(rows[-1]), flush=True)
     assert set(reference or []) <= set(labels)
     return rows
+
+
+def machines_of(rows: list[dict[str, Any]]) -> str:
+    """The machines a table's rows were measured on (``--json`` keeps rows of earlier invocations, which may
+    have run on another machine)."""
+    return "; ".join(dict.fromkeys(r.get("machine", "-") for r in rows))
 
 
 def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], processes: list[dict[str, Any]]) -> str:

@@ -14,33 +14,26 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _results import machine_info  # benchmarks/ is on sys.path when run as a script
-from pretrained import DEFAULT_MODEL, lastpool_exe
-from tasks import scores_of, sets
+from pretrained import DEFAULT_MODEL
+from tasks import run_row, sets
 
 
-def run(name: str, data: dict[str, Any], seed: int, variant: str, work: Path) -> dict[str, Any]:
-    folder = Path(tempfile.mkdtemp(prefix=f"{name}-s{seed}-", dir=work)) / "run"
-    cmd = [*lastpool_exe(), "train", "--model", str(DEFAULT_MODEL), "--data", str(data["train"]), *data["flags"],
-           "--seed", str(seed), "--out", str(folder), "--quiet", *shlex.split(variant)]
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    seconds = time.perf_counter() - started
-    evaluated = subprocess.run([*lastpool_exe(), "eval", str(folder), "--data", str(data["dev"]), "--json"],
-                               capture_output=True, text=True, check=True)
-    return {"set": name, "seed": seed, "variant": variant, "seconds": round(seconds, 1),
-            "scores": scores_of(json.loads(evaluated.stdout)), "command": shlex.join(cmd), "machine": machine_info()}
+def run(args: argparse.Namespace, name: str, data: dict[str, Any], seed: int, variant: str) -> dict[str, Any]:
+    """tasks.py's lastpool row plus the variant's flags, in a folder of its own."""
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-s{seed}-", dir=args.work))
+    record = run_row(args, "lastpool", name, data, seed, work, None, tuple(shlex.split(variant)))
+    return {"set": name, "seed": seed, "variant": variant, **record, "machine": machine_info()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--variants", default=",--mode top-8", help="comma separated flag strings ('' = default)")
     parser.add_argument("--sets", default="stsb,mrpc")
     parser.add_argument("--seeds", default="0")
@@ -50,14 +43,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="append each run here as one JSON line")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="lastpool-variants-"))
-    work.mkdir(parents=True, exist_ok=True)
+    args.epochs = None  # run_row's own --epochs override: a variant says it instead
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="lastpool-variants-"))
+    args.work.mkdir(parents=True, exist_ok=True)
     records = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in args.sets.split(","):
-            data = sets(args.sample, args.limit, work, seed)[name]
+            data = sets(args.sample, args.limit, args.work, seed)[name]
             for variant in [v.strip() for v in args.variants.split(",")]:
-                records.append(run(name, data, seed, variant, work))
+                records.append(run(args, name, data, seed, variant))
                 print(json.dumps(records[-1]), flush=True)
                 if args.json is not None:
                     with args.json.open("a") as out:
@@ -71,6 +65,7 @@ def main() -> None:
             means = [f"{np.mean([r['scores'][k] for r in done]):.4f}" for k in scores]
             print(f"| `{variant or '(default)'}` | {','.join(str(r['seed']) for r in done)} | "
                   + " | ".join(means) + f" | {np.mean([r['seconds'] for r in done]):.0f} |")
+
 
 if __name__ == "__main__":
     main()

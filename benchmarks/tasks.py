@@ -256,8 +256,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="lastpool-tasks-"))
     work.mkdir(parents=True, exist_ok=True)
     saved = json.loads(args.json.read_text()) if args.json and args.json.exists() else {"results": []}
-    # files of before each record named its machine carry one machine for all of them
-    records: list[dict[str, Any]] = [{"machine": saved.get("machine", "-"), **r} for r in saved["results"]]
+    records: list[dict[str, Any]] = saved["results"]
     done = {(r["set"], r["seed"], r["row"]) for r in records}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in args.sets.split(","):
@@ -287,8 +286,9 @@ def trainer_spec(args: argparse.Namespace, data: dict[str, Any], seed: int,
 
 
 def run_row(args: argparse.Namespace, row: str, name: str, data: dict[str, Any], seed: int, work: Path,
-            lastpool: dict[str, Any] | None) -> dict[str, Any]:
-    """One contestant's run on one set for one seed: its dev scores, wall seconds and what it ran."""
+            lastpool: dict[str, Any] | None, flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One contestant's run on one set for one seed: its dev scores, wall seconds and what it ran (``flags``:
+    more for lastpool's own run, as benchmarks/task_variants.py tries them)."""
     if row == "bow":
         started = time.perf_counter()
         scores = bag_of_words(trainer_spec(args, data, seed, lastpool))
@@ -306,7 +306,8 @@ def run_row(args: argparse.Namespace, row: str, name: str, data: dict[str, Any],
                              "precision": "bf16" if trainer["bf16"] else "fp32"}}
     run = work / f"{name}-s{seed}"
     train_cmd = [*lastpool_exe(), "train", "--model", args.model, "--data", str(data["train"]), *data["flags"],
-                 "--seed", str(seed), "--out", str(run), "--quiet", *(["--epochs", args.epochs] if args.epochs else [])]
+                 "--seed", str(seed), "--out", str(run), "--quiet", *(["--epochs", args.epochs] if args.epochs else []),
+                 *flags]
     log = work / f"{name}-s{seed}-lastpool.log"
     code, seconds = timed(train_cmd, log)
     if code != 0:
@@ -365,9 +366,9 @@ def render(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
     for name in dict.fromkeys(r["set"] for r in records):
         where = []
         for row in ROWS:
-            done = runs(name, row)
-            seeds = {short: [str(r["seed"]) for r in done if machines[r["machine"]] == short]
-                     for short in dict.fromkeys(machines[r["machine"]] for r in done)}
+            seeds: dict[str, list[str]] = {}
+            for r in runs(name, row):
+                seeds.setdefault(machines[r["machine"]], []).append(str(r["seed"]))
             where.append(f"{row} " + ", ".join(f"seed{'s' * (len(s) > 1)} {','.join(s)} on {m}"
                                                for m, s in seeds.items()))
         lines.append(f"- {name}: " + "; ".join(where))
