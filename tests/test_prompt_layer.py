@@ -8,6 +8,7 @@ its head on standardized features and folds the scaling into the head.
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ from transformers import GPT2Config, LlamaConfig
 
 from lastpool import Classifier
 from lastpool.cli import main
+from lastpool.config import depth_share
 from lastpool.errors import ConfigError
-from lastpool.models.backbones import backbone_from_config, truncate_backbone
+from lastpool.models.backbones import backbone_from_config, block_at, truncate_backbone
 from lastpool.models.gpt import position_ids_from_mask
 from lastpool.text.tokenizers import TextEncoder, train_bpe
 from lastpool.training.features import fold_standardization, standardizer
@@ -123,6 +125,28 @@ def test_layer_middle_cuts_the_model_at_half_its_depth(tmp_path: Path) -> None:
     clf = Classifier(model=str(folder), layer="middle", mode="full", **TINY).fit(texts, labels)
     assert clf.spec is not None and clf.spec.backbone.layer == 1  # type: ignore[union-attr]
     assert clf.config.layer == "middle"  # the config keeps what was asked; the model folder says the block
+
+
+def test_a_share_of_the_depth_names_the_block_at_it_rounded_up() -> None:
+    """``--layer P/Q`` is block ceil(P/Q x depth), at least the first: ``middle`` is 1/2 (15 of 30), 2/3 is
+    20 of 30, 1/1 the last; a block number, ``auto`` and no layer name no share."""
+    config = LlamaConfig(vocab_size=50, hidden_size=8, intermediate_size=16, num_hidden_layers=30,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    backbone = backbone_from_config(config)
+    shares = ["middle", "1/2", "2/3", "1/30", "1/31", "1/1", "29/30"]
+    assert [block_at(backbone, depth_share(s)) for s in shares] == [15, 15, 20, 1, 1, 30, 29]  # type: ignore[arg-type]
+    assert depth_share("2/3") == Fraction(2, 3) and depth_share(3) is None and depth_share("auto") is None
+    assert depth_share(None) is None
+
+
+def test_layer_as_a_share_of_the_depth_cuts_the_model_there(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path, "llama")  # 2 blocks
+    texts, labels = demo_sample()
+    clf = Classifier(model=str(folder), layer="1/2", mode="full", **TINY).fit(texts, labels)
+    assert clf.spec is not None and clf.spec.backbone.layer == 1  # type: ignore[union-attr]
+    assert clf.config.layer == "1/2"
+    with pytest.raises(ConfigError, match="names a block past the last"):
+        Classifier(model=str(folder), layer="4/3", mode="full", **TINY).fit(texts, labels)
 
 
 def test_layer_needs_a_pretrained_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from lastpool import Classifier
 from lastpool.cli import main
 from lastpool.config import RunConfig, make_config, resolve_config
-from lastpool.recipes import DEFAULT_MODES, RECIPE_FIELDS, RECIPES, auto_epochs, recipe, recipe_table
+from lastpool.recipes import DEFAULT_MODES, PAIRS, RECIPE_FIELDS, RECIPES, auto_epochs, recipe, recipe_table
 from tests.conftest import REPO, TINY_FLAGS, TINY_KW, demo_sample, write_csv
 from tests.test_pretrained import llama_folder  # noqa: F401 - a fixture
 
@@ -133,16 +133,37 @@ def test_no_mode_means_the_kinds_default_mode_and_the_user_mode_wins() -> None:
     assert Classifier(config=scratch, model="m.gguf").config.mode == "top-4"
 
 
-def test_text_pairs_default_to_twice_the_trained_blocks_and_the_user_mode_still_wins() -> None:
-    """Rows that are text pairs take the pair default for a pretrained model (the same ``top`` row, so the
-    same depth and optimiser), and nothing changes for a from-scratch model or a mode the user named."""
+def test_text_pairs_default_to_twice_the_trained_blocks_deeper_and_the_user_still_wins() -> None:
+    """Rows that are text pairs take the pair default for a pretrained model (the ``top`` row's optimiser,
+    ending at two thirds of the depth), and nothing changes for a from-scratch model or what the user named."""
     pairs = make_config({"model": "m.gguf", "text_pair_col": "b"})
     assert pairs.mode == DEFAULT_MODES[("pretrained", True)] == "top-8" and "mode" in pairs.from_recipe
-    assert pairs.layer == "middle" and pairs.lr == RECIPES[("pretrained", "top")]["lr"]
-    assert make_config({"text_pair_col": "b"}).mode == "full"
-    assert make_config({"model": "m.gguf", "text_pair_col": "b", "mode": "top-4"}).mode == "top-4"
+    assert pairs.layer == PAIRS[("pretrained", "top")]["layer"] == "2/3" and "layer" in pairs.from_recipe
+    assert pairs.lr == RECIPES[("pretrained", "top")]["lr"]
+    assert make_config({"model": "m.gguf", "text_pair_col": "b", "mode": "top-4"}).layer == "2/3"
+    assert make_config({"model": "m.gguf", "text_pair_col": "b", "layer": "middle"}).layer == "middle"
+    assert make_config({"model": "m.gguf", "text_pair_col": "b", "mode": "lora"}).layer is None
     scratch_pairs = make_config({"text_pair_col": "b"})
-    assert Classifier(config=scratch_pairs, model="m.gguf").config.mode == "top-8"
+    assert scratch_pairs.mode == "full" and scratch_pairs.layer is None
+    assert make_config({"model": "m.gguf", "text_pair_col": "b", "mode": "top-4"}).mode == "top-4"
+    moved = Classifier(config=scratch_pairs, model="m.gguf").config
+    assert moved.mode == "top-8" and moved.layer == "2/3"
+
+
+def test_pairs_given_to_fit_alone_resolve_the_recipe_again_and_keep_what_the_user_set() -> None:
+    """``fit(text_pairs=...)`` with no ``text_pair_col``: the settings the table chose for single texts are
+    chosen again for pairs (mode and layer); a setting the user gave stays."""
+    from lastpool.classifier import _recipe_for_pairs
+
+    single = make_config({"model": "m.gguf", "lr": 1e-4})
+    assert single.mode == "top-4" and single.layer == "middle"
+    again = _recipe_for_pairs(single, pairs=True)
+    assert (again.mode, again.layer, again.lr) == ("top-8", "2/3", 1e-4)
+    assert {"mode", "layer"} <= set(again.from_recipe) and "lr" not in again.from_recipe
+    back = _recipe_for_pairs(make_config({"model": "m.gguf", "text_pair_col": "b"}), pairs=False)
+    assert (back.mode, back.layer) == ("top-4", "middle")
+    named = _recipe_for_pairs(make_config({"model": "m.gguf", "mode": "top-2"}), pairs=True)
+    assert (named.mode, named.layer) == ("top-2", "2/3")
 
 
 def test_fusion_follows_the_baseline_and_stays_out_of_zero_shot() -> None:

@@ -33,7 +33,7 @@ from lastpool.artifact import (
     load_model,
     save_model,
 )
-from lastpool.config import AUTO, MIDDLE, RunConfig, make_config, without_recipe
+from lastpool.config import AUTO, RunConfig, depth_share, make_config, without_recipe
 from lastpool.data.batching import EncodedDataset, Target
 from lastpool.data.split import stratified_split
 from lastpool.distributed import under_launcher
@@ -49,14 +49,14 @@ from lastpool.evaluation.calibration import (
 )
 from lastpool.evaluation.model_card import model_card
 from lastpool.fileio import staged_dir
-from lastpool.models.backbones import HFBackbone, decoder_blocks, load_backbone, middle_block, truncate_backbone
+from lastpool.models.backbones import HFBackbone, block_at, decoder_blocks, load_backbone, truncate_backbone
 from lastpool.models.bag_of_words import BagOfWords
 from lastpool.models.classifier_model import SequenceClassifier
 from lastpool.models.gpt import GPTConfig
 from lastpool.models.label_head import CONTENT_FREE, content_free_bias, label_rows, output_embeddings
 from lastpool.models.lora import apply_lora, merge_lora
 from lastpool.progress import status
-from lastpool.recipes import auto_epochs, default_mode
+from lastpool.recipes import auto_epochs, default_mode, recipe
 from lastpool.tasks import (
     Regression,
     SingleLabel,
@@ -243,18 +243,25 @@ class TrainingSplit:
 
 
 def _for_task(cfg: RunConfig, task: TaskName, pairs: bool) -> RunConfig:
-    """``cfg`` for the run's task: ``task: auto`` replaced by the task the labels chose, the mode the recipe
-    chose made the pair default where ``fit`` was given text pairs that no ``text_pair_col`` announced (with
-    that mode's row), and a regression's head given a bias where the recipe (not the user) left it out, since
+    """``cfg`` for the run's task: ``task: auto`` replaced by the task the labels chose, the recipe's settings
+    resolved again for pairs where ``fit`` was given text pairs that no ``text_pair_col`` announced (or none
+    where one was), and a regression's head given a bias where the recipe (not the user) left it out, since
     the bias holds the targets' mean (checked again, as given)."""
-    mode = default_mode(cfg.model, pairs)
-    if "mode" in cfg.from_recipe and cfg.mode != mode:
-        cfg = make_config({**without_recipe({**cfg.model_dump(exclude_unset=True), "from_recipe": cfg.from_recipe}),
-                           "mode": mode, "from_recipe": ["mode"]}, source="Classifier")
+    if pairs != (cfg.text_pair_col is not None) and cfg.from_recipe:
+        cfg = _recipe_for_pairs(cfg, pairs)
     values = {**cfg.model_dump(exclude_unset=True), "task": task, "from_recipe": cfg.from_recipe}
     if task == "regression" and not cfg.head_bias and "head_bias" in cfg.from_recipe:
         values["head_bias"] = True
     return make_config(values, source="Classifier") if values != cfg.model_dump(exclude_unset=True) else cfg
+
+
+def _recipe_for_pairs(cfg: RunConfig, pairs: bool) -> RunConfig:
+    """``cfg`` with what the recipe chose (the mode among it) chosen again for rows that are pairs or not."""
+    values = without_recipe({**cfg.model_dump(exclude_unset=True), "from_recipe": cfg.from_recipe})
+    chosen = {"mode": default_mode(cfg.model, pairs)} if "mode" in cfg.from_recipe else {}
+    row = recipe(cfg.model, str(values.get("mode", chosen.get("mode"))), pairs=pairs)
+    chosen.update({name: value for name, value in row.items() if name not in values})
+    return make_config({**values, **chosen, "from_recipe": sorted(chosen)}, source="Classifier")
 
 
 def _class_ids(targets: list[Target]) -> list[int]:
@@ -515,14 +522,16 @@ class Classifier:
         # The training data's rows (the validation split is some of them), for the report's length summary.
         self.token_lengths = train_lengths + (val_lengths if split.held_out else [])
         layer = cfg.layer if isinstance(cfg.layer, int) else None
+        if (share := depth_share(cfg.layer)) is not None:
+            assert backbone is not None  # _load_parts refuses --layer for scratch models
+            layer = block_at(backbone, share)
         layer_features = None
         if cfg.layer == AUTO:
             assert backbone is not None  # _load_parts refuses --layer for scratch models
             layer, layer_features = self._choose_layer(cfg, backbone, info, encoder, split.train_ids, split.val_ids,
                                                        split.train_y, quiet)
-        elif layer is not None or cfg.layer == MIDDLE:
+        elif layer is not None:
             assert backbone is not None  # _load_parts refuses --layer for scratch models
-            layer = middle_block(backbone) if layer is None else layer
             truncate_backbone(backbone, layer, keep_norm=cfg.final_norm)
         spec = _spec(cfg, split.task.name, split.names, backbone, info, encoder, tok_type, tok_source, layer)
         set_seed(cfg.seed)

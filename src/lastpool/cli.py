@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from lastpool.config import OUTPUT, PANELS, RUN, Flag, ServeConfig, default_words, flag_fields, serve_config
+from lastpool.config import (
+    DEPTH_SHARE,
+    OUTPUT,
+    PANELS,
+    RUN,
+    Flag,
+    ServeConfig,
+    default_words,
+    flag_fields,
+    serve_config,
+)
 from lastpool.errors import ConfigError, LastpoolError, TrainingStopped
 
 if TYPE_CHECKING:
@@ -51,13 +62,15 @@ def _int_or_auto(value: str | None) -> str | None:
 
 
 def _layer_value(value: str | None) -> str | None:
-    """``--layer``: a positive whole number, ``auto`` or ``middle`` (checked as a usage error)."""
-    if value == "middle":
+    """``--layer``: a positive whole number, a share of the depth (``2/3``), ``auto`` or ``middle`` (checked
+    as a usage error)."""
+    if value == "middle" or (value is not None and re.fullmatch(DEPTH_SHARE, value)):
         return value
     try:
         return _int_or_auto(value)
     except typer.BadParameter:
-        raise typer.BadParameter(f"expected a positive whole number, auto or middle, got {value!r}") from None
+        raise typer.BadParameter(f"expected a positive whole number, a share of the depth such as 2/3, auto or "
+                                 f"middle, got {value!r}") from None
 
 
 def _labels_list(value: str | None) -> list[str] | None:

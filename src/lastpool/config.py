@@ -12,8 +12,10 @@ help from it quickly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -27,7 +29,9 @@ from lastpool.recipes import RECIPE_FIELDS, default_mode, recipe
 
 AUTO = "auto"
 DEFAULT_PAIR_TEMPLATE = "{text}\n{text_pair}"
-MIDDLE = "middle"  # --layer middle: the block at half the depth
+MIDDLE = "middle"  # --layer middle: the block at half the depth (the same as --layer 1/2)
+DEPTH_SHARE = r"^[1-9][0-9]*/[1-9][0-9]*$"  # --layer P/Q: the block at P/Q of the depth
+DepthShare = Annotated[str, Field(pattern=DEPTH_SHARE)]
 PoolingName = Literal["last", "mean", "max", "first"]  # models/pooling.py implements each
 # The dtype a model's weights run in: "bf16" is bf16 weights (in training, with float32 master copies).
 Precision = Literal["fp32", "bf16"]
@@ -166,21 +170,22 @@ class RunConfig(BaseModel):
                                "on-disk cache holds it), so it pays from an epoch or so of a 135M model on (about "
                                "1.15x per step for full and LoRA fine-tunes of SmolLM2-135M); needs a C++ compiler; "
                                "one process only, not with `--grad-checkpointing`"))
-    layer: Annotated[int, Field(ge=1)] | Literal["auto", "middle"] | None = Field(
+    layer: Annotated[int, Field(ge=1)] | Literal["auto", "middle"] | DepthShare | None = Field(
         default=None, description="pretrained: pool the hidden states after block N; later blocks and the final norm "
-        "are dropped; auto: the block a cross-validated linear probe scores best on the training split; middle: the "
-        "block at half the model's depth",
+        "are dropped; auto: the block a cross-validated linear probe scores best on the training split; P/Q: the "
+        "block at that share of the model's depth (rounded up); middle: 1/2",
         json_schema_extra=flag(MODEL, metavar="N", doc="pretrained models: pool the hidden states after block N (no "
                                "final norm); blocks after N are dropped from the model. `auto`: one pass over the "
                                "texts pools after every block, a cross-validated linear probe (ridge, scikit-learn) "
                                "scores each block on the training split only, and the best block is used; the scores "
-                               "go into `metrics.json` (`layer_scores`) and a plot in the report. `middle`: the block "
-                               "at half the model's depth"))
+                               "go into `metrics.json` (`layer_scores`) and a plot in the report. `P/Q` (e.g. `2/3`): "
+                               "the block at that share of the model's depth, rounded up (block 20 of 30); "
+                               "`middle`: `1/2`"))
     final_norm: bool = Field(
-        default=False, description="with --layer N or middle: keep the final norm after that block, so the model is "
-        "the family with N blocks (export --format hf accepts it)",
-        json_schema_extra=flag(MODEL, doc="with `--layer N` or `middle`: keep the final norm after block N, so the "
-                               "model is the family with N blocks (`export --format hf` accepts it); off: the raw "
+        default=False, description="with --layer N, P/Q or middle: keep the final norm after that block, so the "
+        "model is the family with N blocks (export --format hf accepts it)",
+        json_schema_extra=flag(MODEL, doc="with `--layer N`, `P/Q` or `middle`: keep the final norm after block N, so "
+                               "the model is the family with N blocks (`export --format hf` accepts it); off: the raw "
                                "hidden states after block N"))
     mode: str = Field(
         default="auto", pattern=r"^(auto|full|lora|probe|zeroshot|top-[1-9][0-9]*)$",
@@ -349,7 +354,7 @@ class RunConfig(BaseModel):
         if values.get("mode", AUTO) == AUTO:  # the mode first: the row depends on it
             values = {**values, "mode": default_mode(model, pairs=values.get("text_pair_col") is not None),
                       "from_recipe": sorted({*values.get("from_recipe", []), "mode"})}
-        row = recipe(model, str(values["mode"]))
+        row = recipe(model, str(values["mode"]), pairs=values.get("text_pair_col") is not None)
         filled = [name for name in row if name not in values]
         if not filled:
             return values
@@ -404,8 +409,11 @@ class RunConfig(BaseModel):
         if self.head_init == "labels" and self.mode == "probe":
             raise ValueError("head_init labels does not apply to mode probe (its head reads standardized "
                              "features, not the LM's hidden states)")
+        share = depth_share(self.layer)
+        if share is not None and share > 1:
+            raise ValueError(f"layer {self.layer} names a block past the last: a share of the depth is at most 1/1")
         if self.final_norm and self.layer == AUTO:
-            raise ValueError("final_norm works with --layer N or middle, not auto (the layer search scores the "
+            raise ValueError("final_norm works with --layer N, P/Q or middle, not auto (the layer search scores the "
                              "blocks' raw output)")
         if self.fuse_baseline and not self.baseline:
             raise ValueError("fuse_baseline needs the baseline: drop --no-baseline, or add --no-fuse-baseline")
@@ -480,6 +488,16 @@ def flag_fields() -> Iterator[Flag]:
         metavar = spec.get("metavar")
         yield Flag(name, field, str(spec["panel"]), default, str(metavar) if metavar is not None else None,
                    str(spec.get("doc") or field.description))
+
+
+def depth_share(layer: int | str | None) -> Fraction | None:
+    """The share of the model's depth a ``--layer`` value names (``middle``: 1/2), or None where it names a
+    block (a number), asks for the search (``auto``) or is unset."""
+    if layer == MIDDLE:
+        return Fraction(1, 2)
+    if isinstance(layer, str) and re.fullmatch(DEPTH_SHARE, layer):
+        return Fraction(layer)
+    return None
 
 
 def without_recipe(values: dict[str, Any]) -> dict[str, Any]:

@@ -47,9 +47,13 @@ RECIPES: dict[tuple[Kind, str], dict[str, Any]] = {
 RECIPE_FIELDS = sorted({name for row in RECIPES.values() for name in row})
 
 
+# What rows that are text pairs (``text_pair_col``) change in a (kind, mode) row. A pair task compares two
+# texts token by token, which the lower half of the model does not do for it: the trained blocks end at two
+# thirds of the depth rather than half.
+PAIRS: dict[tuple[Kind, str], dict[str, Any]] = {("pretrained", "top"): {"layer": "2/3"}}
+
 # ``--mode auto`` (the default): what a run trains when no mode is given, by model kind and by whether each
-# row is one text or a pair (``text_pair_col``). A pair task compares two texts token by token, and the
-# frozen half of the model does not do that comparison for it: twice the trained blocks, at the same depth.
+# row is one text or a pair: for pairs twice the trained blocks.
 DEFAULT_MODES: dict[tuple[Kind, bool], str] = {("scratch", False): "full", ("scratch", True): "full",
                                                ("pretrained", False): "top-4", ("pretrained", True): "top-8"}
 
@@ -68,10 +72,13 @@ def family_of(mode: str) -> str:
     return "top" if mode.startswith("top-") else mode
 
 
-def recipe(model: str, mode: str) -> dict[str, Any]:
-    """The defaults for a run of ``model`` in ``mode`` (empty where no row fits: the field defaults apply,
-    and the config's own checks say what is wrong, e.g. LoRA on a from-scratch model)."""
-    return dict(RECIPES.get((kind_of(model), family_of(mode)), SCRATCH if kind_of(model) == "scratch" else {}))
+def recipe(model: str, mode: str, pairs: bool = False) -> dict[str, Any]:
+    """The defaults for a run of ``model`` in ``mode``, on text pairs where ``pairs`` (empty where no row
+    fits: the field defaults apply, and the config's own checks say what is wrong, e.g. LoRA on a
+    from-scratch model)."""
+    key = (kind_of(model), family_of(mode))
+    row = dict(RECIPES.get(key, SCRATCH if kind_of(model) == "scratch" else {}))
+    return {**row, **PAIRS.get(key, {})} if pairs and key in RECIPES else row
 
 
 def auto_epochs(n_train: int, n_labels: int, batch_size: int) -> int:

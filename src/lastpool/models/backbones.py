@@ -14,11 +14,13 @@ safetensors under ``$LASTPOOL_CACHE/gguf/<sha256 of the file>`` and later loads 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -161,9 +163,10 @@ def num_blocks(config: PretrainedConfig) -> int:
     raise ModelLoadError(f"cannot tell the number of layers of a {config.model_type!r} model from its config")
 
 
-def middle_block(backbone: HFBackbone) -> int:
-    """``--layer middle``: the block at half the model's depth (rounded up), e.g. 15 of 30."""
-    return (len(decoder_blocks(backbone.model)) + 1) // 2
+def block_at(backbone: HFBackbone, share: Fraction) -> int:
+    """``--layer P/Q``: the block at that share of the model's depth, rounded up (``middle``, 1/2: 15 of 30;
+    2/3: 20 of 30), and at least the first."""
+    return max(1, math.ceil(len(decoder_blocks(backbone.model)) * share))
 
 
 def truncate_backbone(backbone: HFBackbone, layer: int, keep_norm: bool = False) -> HFBackbone:
