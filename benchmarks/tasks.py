@@ -320,7 +320,7 @@ def run_row(args: argparse.Namespace, row: str, name: str, data: dict[str, Any],
 
     settings = yaml.safe_load((run / "config.yaml").read_text())
     return {"scores": scores_of(json.loads(evaluated.stdout)), "seconds": seconds, "command": shlex.join(train_cmd),
-            "settings": {**{k: settings[k] for k in ("mode", "epochs", "max_length", "batch_size")},
+            "settings": {**{k: settings[k] for k in ("mode", "layer", "epochs", "max_length", "batch_size")},
                          "precision": resolve_precision(settings["precision"], pretrained=True)}}
 
 
@@ -350,7 +350,8 @@ def render(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
         ratios = [r["seconds"] / both[r["seed"]]["seconds"] for r in mine
                   if r["seed"] in both and both[r["seed"]]["machine"] == r["machine"]]
         s = mine[0]["settings"]
-        setting = f"{s['mode']}, {s['epochs']} epochs, max length {s['max_length']}, batch {s['batch_size']}"
+        depth = f" to layer {s['layer']}" if s.get("layer") is not None else ""  # (older records lack it)
+        setting = f"{s['mode']}{depth}, {s['epochs']} epochs, max length {s['max_length']}, batch {s['batch_size']}"
         for score in mine[0]["scores"]:
             def cell(rows: list[dict[str, Any]], score: str = score) -> str:
                 values = [r["scores"][score] for r in rows if score in r["scores"]]
