@@ -192,7 +192,8 @@ class RunConfig(BaseModel):
         description="full, lora, probe (frozen backbone: a head on cached pooled features), top-N (train the last N "
         "blocks; the frozen ones run once) or zeroshot (no training: the LM's scores for the label words, calibrated)",
         json_schema_extra=flag(
-            OPTIMISATION, shown="auto: full for scratch, top-4 for a pretrained model (top-8 on text pairs)",
+            OPTIMISATION,
+            shown="auto: full for scratch, top-4 for a pretrained model (top-8 to layer 2/3 on text pairs)",
             doc="`full` fine-tune; `zeroshot`: no training, the head holds the LM's output rows for the label words "
             "and a contextual-calibration bias (needs label names that are words, or `--label-names`); `lora`: PEFT "
             "LoRA adapters plus a fully trained head (the model folder stores the adapter, the head and the base "
