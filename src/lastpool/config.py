@@ -352,10 +352,11 @@ class RunConfig(BaseModel):
         if values.get("baseline") is False and "fuse_baseline" not in values:  # nothing to fuse with
             values = {**values, "fuse_baseline": False,
                       "from_recipe": sorted({*values.get("from_recipe", []), "fuse_baseline"})}
+        pairs = values.get("text_pair_col") is not None
         if values.get("mode", AUTO) == AUTO:  # the mode first: the row depends on it
-            values = {**values, "mode": default_mode(model, pairs=values.get("text_pair_col") is not None),
+            values = {**values, "mode": default_mode(model, pairs=pairs),
                       "from_recipe": sorted({*values.get("from_recipe", []), "mode"})}
-        row = recipe(model, str(values["mode"]), pairs=values.get("text_pair_col") is not None)
+        row = recipe(model, str(values["mode"]), pairs=pairs)
         filled = [name for name in row if name not in values]
         if not filled:
             return values

@@ -78,7 +78,7 @@ def recipe(model: str, mode: str, pairs: bool = False) -> dict[str, Any]:
     from-scratch model)."""
     key = (kind_of(model), family_of(mode))
     row = dict(RECIPES.get(key, SCRATCH if kind_of(model) == "scratch" else {}))
-    return {**row, **PAIRS.get(key, {})} if pairs and key in RECIPES else row
+    return {**row, **PAIRS.get(key, {})} if pairs else row
 
 
 def auto_epochs(n_train: int, n_labels: int, batch_size: int) -> int:
